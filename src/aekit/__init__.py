@@ -1,0 +1,35 @@
+"""aekit: the autoencoder family in one library.
+
+import aekit
+model = aekit.build("vae", input_shape=(1, 28, 28), latent_dim=16)
+aekit.Trainer(model, train, val, aekit.TrainConfig(epochs=10, out="runs/vae")).fit()
+model = aekit.load("runs/vae")
+"""
+
+from aekit.data import DataConfig, TensorData, load_data
+from aekit.errors import AekitError, TrainingDiverged
+from aekit.eval import evaluate
+from aekit.models import Autoencoder, AutoencoderOutput, ModelConfig
+from aekit.registry import RECIPES, build, model_config
+from aekit.train import FitResult, TrainConfig, Trainer, load
+from aekit.version import __version__
+
+__all__ = [
+    "RECIPES",
+    "AekitError",
+    "Autoencoder",
+    "AutoencoderOutput",
+    "DataConfig",
+    "FitResult",
+    "ModelConfig",
+    "TensorData",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "__version__",
+    "build",
+    "evaluate",
+    "load",
+    "load_data",
+    "model_config",
+]

@@ -1,0 +1,409 @@
+"""`aekit`: train, evaluate, sample, encode and report from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aekit.cli_flags import add_flags, section_values
+from aekit.components import options_class
+from aekit.data import DataConfig, TensorData, load_all, load_data
+from aekit.errors import AekitError
+from aekit.eval import evaluate
+from aekit.io import atomic_path, atomic_write_json
+from aekit.models.config import SLOTS, ModelConfig
+from aekit.nets import NetConfig
+from aekit.registry import DEFAULT_KINDS, RECIPES, build, build_from_config, get_recipe
+from aekit.train import TrainConfig, Trainer
+from aekit.train import checkpoint as ckpt
+from aekit.train.trainer import resolve_device
+from aekit.version import __version__
+
+log = logging.getLogger("aekit")
+
+MODEL_SECTIONS = ("model", "net", *SLOTS)
+FIXED_ON_RESUME = (*MODEL_SECTIONS, "data")
+
+
+# ------------------------------------------------------------------------------ parsers
+def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aekit train",
+        description="Train a model. `aekit train vae` trains a VAE on scikit-learn's digits; "
+        "`aekit train MODEL --help` lists that model's options.",
+    )
+    parser.add_argument("model", nargs="?", help=f"one of: {', '.join(RECIPES)}")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in RUN from its last "
+        "checkpoint (training flags such as --epochs may be changed)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the result")
+    parser.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    recipe = get_recipe(recipe_name) if recipe_name else None
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--latent-dim",
+        dest="model.latent_dim",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="D",
+        help="size of the latent code (default: 16)",
+    )
+    for slot, registry in SLOTS.items():
+        group.add_argument(
+            f"--{slot}",
+            dest=f"kind.{slot}",
+            choices=registry.names(),
+            default=argparse.SUPPRESS,
+            help=f"the {slot} (default for this model: {kinds[slot]})",
+        )
+    add_flags(parser.add_argument_group("networks"), "net", NetConfig)
+    recipe_options = recipe.options if recipe else {}
+    for slot, registry in SLOTS.items():
+        options_cls = options_class(registry[kinds[slot]])
+        add_flags(
+            parser.add_argument_group(f"{slot}: {kinds[slot]}"),
+            slot,
+            options_cls,
+            defaults=recipe_options,
+        )
+    add_flags(parser.add_argument_group("training"), "train", TrainConfig)
+    add_flags(
+        parser.add_argument_group("data"),
+        "data",
+        DataConfig,
+        defaults=recipe.data if recipe else None,
+        skip=("offset", "divisor"),
+    )
+    return parser
+
+
+def main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aekit", description="Autoencoders: train, evaluate, sample, encode, report."
+    )
+    parser.add_argument("--version", action="version", version=f"aekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("models", help="list the model recipes")
+    sub.add_parser("train", help="train a model (aekit train MODEL --help)", add_help=False)
+
+    p = sub.add_parser("eval", help="evaluate a run on test data; prints and saves eval.json")
+    p.add_argument("run")
+    add_data_choice(p, default_split="test")
+    p.add_argument("--out", help="where to write the metrics JSON (default: in the run)")
+
+    p = sub.add_parser("sample", help="draw samples from the prior: a PNG grid and a .npy")
+    p.add_argument("run")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the mean E[x|z]"
+    )
+    p.add_argument("--out", help="PNG path (default: RUN/samples.png); the .npy goes beside it")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("encode", help="export latent codes (posterior means for VAEs)")
+    p.add_argument("run")
+    add_data_choice(p, default_split="all")
+    p.add_argument("--out", required=True, help="output .npy, shape (N, latent_dim)")
+    p.add_argument("--labels-out", help="also write the labels, when the data has them")
+
+    p = sub.add_parser("report", help="(re)build RUN/report.html")
+    p.add_argument("run")
+    return parser
+
+
+def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
+    p.add_argument("--data", help="data source (default: the run's own data)")
+    p.add_argument("--data-dir", help="folder of the IDX files for mnist / fashion-mnist")
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        help=f"which examples (default: {default_split} of the run's data; all of another --data)",
+    )
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(default_split=default_split)
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_models(_: argparse.Namespace) -> int:
+    width = max(len(name) for name in RECIPES)
+    for name, recipe in RECIPES.items():
+        print(f"{name:<{width}}  {recipe.summary}  [{recipe.paper}]")
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    # The flags depend on the model and the kinds chosen, so find those first.
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--resume")
+    for slot in SLOTS:
+        probe.add_argument(f"--{slot}")
+    known, _ = probe.parse_known_args(argv)
+    name = argv[0] if argv and not argv[0].startswith("-") else None
+    if known.resume:
+        name = name or ckpt.read_config(known.resume)["model"]["recipe"]
+    kinds = {**DEFAULT_KINDS, **(get_recipe(name).kinds if name else {})}
+    kinds.update({slot: getattr(known, slot) for slot in SLOTS if getattr(known, slot)})
+    for slot, kind in kinds.items():
+        SLOTS[slot][kind]  # an unknown kind is reported here, by name
+    args = train_parser(name, kinds).parse_args(argv)
+    setup_logging(args.quiet)
+    if args.resume:
+        return resume(args)
+    if not args.model:
+        raise AekitError(
+            "name a model to train, e.g. `aekit train vae` (`aekit models` lists them)"
+        )
+    recipe = get_recipe(args.model)
+
+    train_values = section_values(args, "train")
+    train_values.setdefault("progress", sys.stderr.isatty() and not args.quiet)
+    train_config = TrainConfig(**train_values)
+    spec = DataConfig(**{**recipe.data, **section_values(args, "data")})
+    splits = load_data(spec)
+    options: dict[str, Any] = {**section_values(args, "kind")}
+    for section in ("net", *SLOTS):
+        options.update(section_values(args, section))
+    latent_dim = section_values(args, "model").get("latent_dim")
+    torch.manual_seed(train_config.seed)
+    model = build(recipe.name, splits.train.shape, latent_dim, **options)
+    train_config.out = train_config.out or str(fresh_run_dir(recipe.name))
+    log.info(
+        "training %s on %s: %d train / %d val examples of shape %s -> %s",
+        recipe.name,
+        spec.source,
+        len(splits.train),
+        len(splits.val or []),
+        splits.train.shape,
+        train_config.out,
+    )
+    trainer = Trainer(model, splits.train, splits.val, train_config)
+    return finish(trainer, trainer.fit(), splits, args)
+
+
+def resume(args: argparse.Namespace) -> int:
+    run = Path(args.resume)
+    config = ckpt.read_config(run)
+    if args.model and args.model != config["model"]["recipe"]:
+        raise AekitError(f"{run} is a {config['model']['recipe']} run, not {args.model}")
+    changed = [k for k in vars(args) if "." in k and k.split(".")[0] in (*FIXED_ON_RESUME, "kind")]
+    if changed:
+        flags = ", ".join("--" + k.split(".")[1].replace("_", "-") for k in changed)
+        raise AekitError(
+            f"a resumed run keeps its model and data; these flags cannot change: {flags}"
+        )
+    train_config = TrainConfig.from_dict({**config["train"], **section_values(args, "train")})
+    train_config.out = str(run)
+    if "progress" not in section_values(args, "train"):
+        train_config.progress = sys.stderr.isatty() and not args.quiet
+    if config.get("data") is None:
+        raise AekitError(f"{run} was trained from Python on in-memory data; resume it from Python")
+    splits = load_data(DataConfig.from_dict(config["data"]))
+    model = build_from_config(ModelConfig.from_dict(config["model"]))
+    trainer = Trainer(model, splits.train, splits.val, train_config)
+    return finish(trainer, trainer.fit(resume=True), splits, args)
+
+
+def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
+    run = Path(trainer.config.out)
+    if not args.no_eval and splits.test is not None:
+        metrics = evaluate(
+            trainer.model,
+            splits.test.to(trainer.device),
+            batch_size=trainer.config.eval_batch_size,
+            detailed=True,
+        )
+        write_eval(run / ckpt.EVAL, metrics, split="test", source=splits.spec.source)
+        print_metrics(metrics)
+    if not args.no_report:
+        from aekit.report import build_report
+
+        print(f"report: {build_report(run, model=trainer.model.cpu())}")
+    best = f", best epoch {result.best_epoch}" if result.best_epoch else ""
+    print(f"run: {run} ({result.epochs} epochs, {result.steps} steps{best})")
+    return 0
+
+
+def fresh_run_dir(recipe: str) -> Path:
+    base = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run, i = base, 1
+    while run.exists():
+        i += 1
+        run = base.with_name(f"{base.name}-{i}")
+    return run
+
+
+def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorData, str, str]:
+    """The examples an eval/encode command works on: the run's own data (scaled as in
+    training) or another source, with the run's scaling re-applied."""
+    saved = DataConfig.from_dict(config["data"]) if config.get("data") else None
+    if args.data is None and saved is None:
+        raise AekitError("this run has no saved data source; pass --data")
+    spec = saved or DataConfig(source=args.data)
+    if args.data is not None and args.data != spec.source:
+        # Another source keeps the run's scaling and shape, not the old source's own options.
+        spec = dataclasses.replace(
+            spec,
+            source=args.data,
+            data_dir=None,
+            labels=None,
+            label_column=None,
+            image_size=None,
+            grayscale=None,
+        )
+    if args.data_dir is not None:
+        spec.data_dir = args.data_dir
+    split = args.split or ("all" if args.data is not None else args.default_split)
+    if split == "all":
+        data = load_all(spec)
+        if spec.binarize:
+            data = TensorData.binarized_once(data, seed=spec.split_seed + 3)
+    else:
+        data = load_data(spec).get(split)
+    return data, split, spec.source
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    config = ckpt.read_config(args.run)
+    device = resolve_device(args.device)
+    model = ckpt.load(args.run, device=device)
+    data, split, source = run_data(args, config)
+    metrics = evaluate(
+        model, data.to(device), batch_size=args.batch_size, seed=args.seed, detailed=True
+    )
+    own = args.data is None and split == "test"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(source).stem}-{split}.json")
+    )
+    write_eval(out, metrics, split=split, source=source)
+    print_metrics(metrics)
+    print(f"saved: {out}")
+    return 0
+
+
+def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:
+    atomic_write_json(path, {"split": split, "data": source, "metrics": metrics})
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{key:>14}  {value:.6g}")
+        elif isinstance(value, int | str):
+            print(f"{key:>14}  {value}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from aekit.report import image_grid, is_image_shape, save_png
+
+    device = resolve_device(args.device)
+    model = ckpt.load(args.run, device=device)
+    with torch.no_grad():
+        x = (
+            model.sample(
+                args.n, generator=torch.Generator().manual_seed(args.seed), mean=not args.draw
+            )
+            .cpu()
+            .numpy()
+        )
+    png = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    save_npy(png.with_suffix(".npy"), x)
+    if is_image_shape(model.input_shape):
+        save_png(png, image_grid(x))
+        print(f"saved: {png} and {png.with_suffix('.npy')}")
+    else:
+        print(f"saved: {png.with_suffix('.npy')} (the data are not images, so no PNG)")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    config = ckpt.read_config(args.run)
+    device = resolve_device(args.device)
+    model = ckpt.load(args.run, device=device)
+    data, _, _ = run_data(args, config)
+    with torch.no_grad():
+        codes = [model.encode(batch.x.to(device)).cpu() for batch in data.batches(args.batch_size)]
+    z = torch.cat(codes).numpy()
+    save_npy(Path(args.out), z)
+    print(f"saved: {args.out} {z.shape}")
+    if args.labels_out:
+        if data.y is None:
+            raise AekitError(f"{data.name} has no labels to write to {args.labels_out}")
+        save_npy(Path(args.labels_out), data.y.cpu().numpy())
+        print(f"saved: {args.labels_out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from aekit.report import build_report
+
+    print(f"report: {build_report(Path(args.run))}")
+    return 0
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    if path.suffix != ".npy":
+        raise AekitError(f"{path}: the output must be a .npy file")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def setup_logging(quiet: bool) -> None:
+    """Show aekit's messages on stderr for the duration of one command (main undoes it)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved = log.handlers[:], log.level, log.propagate
+    try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        args = main_parser().parse_args(argv)
+        if args.command is None:
+            main_parser().print_help()
+            return 2
+        setup_logging(False)
+        command = {
+            "models": cmd_models,
+            "eval": cmd_eval,
+            "sample": cmd_sample,
+            "encode": cmd_encode,
+            "report": cmd_report,
+        }[args.command]
+        return command(args)
+    except AekitError as e:
+        print(f"aekit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "aekit: interrupted; the last checkpoint is kept (aekit train --resume RUN)",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        log.handlers[:], log.level, log.propagate = saved
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The small machinery every pluggable part shares: a named registry and typed options.
+
+A component (bottleneck, likelihood, corruption, objective) is a class with an `Options`
+dataclass holding its hyper-parameters. Configs store `{"kind": name, **options}`, the
+command line turns every option field into a flag, and a new method is one new class
+plus its `@REGISTRY.register("name")` line.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from typing import Any, Generic, TypeVar
+
+from aekit.errors import AekitError
+
+T = TypeVar("T")
+
+
+@dataclass
+class NoOptions:
+    """A component without hyper-parameters."""
+
+
+@dataclass(frozen=True)
+class Dims:
+    """What a component needs to know about the model it sits in."""
+
+    input_shape: tuple[int, ...]
+    latent_dim: int
+
+
+class Registry(Generic[T]):
+    """Name -> class, with a clear error for unknown names."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._classes: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        def add(cls: type[T]) -> type[T]:
+            if name in self._classes:
+                raise ValueError(f"{self.what} {name!r} is registered twice")
+            cls.kind = name  # type: ignore[attr-defined]
+            self._classes[name] = cls
+            return cls
+
+        return add
+
+    def __getitem__(self, name: str) -> type[T]:
+        if name not in self._classes:
+            raise AekitError(f"unknown {self.what} {name!r}; choose from {', '.join(self.names())}")
+        return self._classes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def names(self) -> list[str]:
+        return list(self._classes)
+
+
+def options_class(cls: type) -> type:
+    return getattr(cls, "Options", NoOptions)
+
+
+def make_options(options_cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build an options dataclass from a dict, naming unknown or badly typed fields."""
+    known = {f.name for f in fields(options_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        valid = ", ".join(sorted(known)) or "none"
+        raise AekitError(f"{what} has no option {', '.join(unknown)} (valid: {valid})")
+    try:
+        return options_cls(**values)
+    except TypeError as e:
+        raise AekitError(f"{what}: {e}") from None
+
+
+class SavedConfig:
+    """JSON round trip of a config dataclass, naming any field it does not know."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        return make_options(cls, values, cls.__name__)
+
+
+def options_to_dict(options: Any) -> dict[str, Any]:
+    out = asdict(options)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under dataclass fields (PEP 257 attribute docstrings).
+
+    They are the single source of the help text of config fields and command-line flags.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, following in zip(body, [*body[1:], None], strict=True):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING

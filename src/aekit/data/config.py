@@ -1,0 +1,68 @@
+"""Where the data comes from and how it is split and scaled: one JSON-able dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aekit.components import SavedConfig
+from aekit.errors import AekitError
+
+BUILTIN_SOURCES = ("digits", "mnist", "fashion-mnist")
+
+
+@dataclass
+class DataConfig(SavedConfig):
+    """A data source and its preparation. Saved in a run's `config.json`, so that `aekit eval`
+    and `aekit report` rebuild exactly the same splits and scaling."""
+
+    source: str = "digits"
+    """`digits` (scikit-learn, bundled), `mnist`, `fashion-mnist`, a `.npy`/`.npz`/`.csv` file,
+    or a folder of PNG/JPEG images (one sub-folder per class gives labels)."""
+    data_dir: str | None = None
+    """Folder holding the IDX files of `mnist`/`fashion-mnist` (else $AEKIT_DATA, Debian's
+    /usr/share/datasets, the cache, then a verified download)."""
+    labels: str | None = None
+    """A `.npy`/`.csv`/`.txt` file of integer labels for an array source."""
+    label_column: str | None = None
+    """CSV column (name or 0-based index) holding integer labels."""
+    shape: tuple[int, ...] | None = None
+    """Reshape each example, e.g. `1,28,28` for flat 784-vectors that are images."""
+    image_size: tuple[int, int] | None = None
+    """Resize the images of a folder to H,W (else all must share one size)."""
+    grayscale: bool | None = None
+    """Read a folder's images as grey (True), RGB (False) or decide from the files (None)."""
+    scale: str = "auto"
+    """`auto` (uint8 -> /255, digits -> /16, data in [0,1] kept, otherwise min-max),
+    `none`, `minmax`, or `255`."""
+    binarize: bool = False
+    """Dynamic binarisation for Bernoulli likelihoods: training batches are re-sampled as
+    x ~ Bernoulli(pixel) every time; validation and test are binarised once, with a fixed seed."""
+    val_fraction: float = 0.1
+    """Fraction of the training pool held out for validation (best weights, early stopping)."""
+    test_fraction: float = 0.1
+    """Used only when the source has no official test split (digits, arrays, folders)."""
+    split_seed: int = 0
+    """Seed of the train/validation/test split (independent of the training seed, so runs with
+    different seeds are evaluated on the same test set)."""
+    limit: int | None = None
+    """Use at most this many training examples (quick experiments)."""
+    offset: float | None = None
+    divisor: float | None = None
+    """The resolved scaling x' = (x - offset) / divisor, filled in when the data is first
+    loaded so that later loads (eval, encode) transform new data identically."""
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:
+            self.shape = tuple(int(s) for s in self.shape)
+        if self.image_size is not None:
+            self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        if self.scale not in ("auto", "none", "minmax", "255"):
+            raise AekitError(f"scale must be one of auto, none, minmax, 255 (got {self.scale!r})")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise AekitError(f"{name} must be in [0, 1) (got {value})")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise AekitError("val_fraction + test_fraction must be below 1")
+        if self.limit is not None and self.limit < 1:
+            raise AekitError(f"limit must be at least 1 (got {self.limit})")

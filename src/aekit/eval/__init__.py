@@ -1,0 +1,3 @@
+from aekit.eval.metrics import evaluate
+
+__all__ = ["evaluate"]

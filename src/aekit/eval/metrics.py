@@ -1,0 +1,81 @@
+"""Test metrics of a trained model, read through its public methods only.
+
+All likelihood figures are nats per example. The ELBO here is the single-sample Monte-Carlo
+estimate of E_q[log p(x|z)] - KL (the KL is analytic); it is a lower bound on log p(x), not
+an estimate of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from aekit.data.tensor_data import TensorData
+from aekit.models.autoencoder import Autoencoder
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+"""A latent is active when Cov_x(E_q[z_j|x]) exceeds this (Burda et al. 2016)."""
+
+
+@torch.no_grad()
+def evaluate(
+    model: Autoencoder,
+    data: TensorData,
+    *,
+    batch_size: int = 1000,
+    seed: int = 0,
+    detailed: bool = False,
+) -> dict[str, Any]:
+    """Mean of the objective's terms over `data` (schedules at their end), reconstruction
+    MSE, and with `detailed`: bits/dim, KL per latent dimension, active units, and the
+    denoising error for corrupting models."""
+    was_training = model.training
+    model.eval()
+    device = model.device
+    sums: dict[str, torch.Tensor] = {}
+    sq_err = torch.zeros((), device=device)
+    denoise_err = torch.zeros((), device=device)
+    kl_dims = torch.zeros(model.latent_dim, device=device)
+    codes = []
+    corrupting = model.config.corruption.kind != "none"
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in data.batches(batch_size):
+            x = batch.x.to(device)
+            out = model(x, step=None, corrupt=False)
+            n = x.shape[0]
+            for name, value in out.terms.items():
+                sums[name] = sums.get(name, 0.0) + value.to(device) * n
+            mean = model.decode(out.code)
+            sq_err += (mean - x).pow(2).sum()
+            if detailed:
+                if out.bottleneck.kl is not None:
+                    kl_dims += out.bottleneck.kl.sum(0)
+                codes.append(out.code)
+                if corrupting:
+                    denoised = model.decode(model.encode(model.corruption(x)))
+                    denoise_err += (denoised - x).pow(2).sum()
+    model.train(was_training)
+    n = len(data)
+    dims = math.prod(model.input_shape)
+    results: dict[str, Any] = {name: float(total) / n for name, total in sums.items()}
+    results["mse"] = float(sq_err) / (n * dims)
+    if not detailed:
+        return results
+    results["n"] = n
+    if "elbo" in results:
+        results["estimator"] = "ELBO, 1 posterior sample per example, analytic KL"
+        if model.config.likelihood.kind == "bernoulli":
+            results["bits_per_dim"] = -results["elbo"] / (dims * math.log(2))
+    if corrupting:
+        results["denoise_mse"] = float(denoise_err) / (n * dims)
+    z = torch.cat(codes)
+    if model.has_prior:
+        results["kl_per_dim"] = (kl_dims / n).tolist()
+    variance = z.var(0, unbiased=True) if n > 1 else torch.zeros(model.latent_dim)
+    results["code_variance"] = variance.tolist()
+    results["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+    return results

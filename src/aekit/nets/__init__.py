@@ -1,0 +1,48 @@
+"""Encoder/decoder bodies, chosen from the data's shape."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from aekit.errors import AekitError
+from aekit.nets.config import NetConfig
+from aekit.nets.conv import ConvDecoder, ConvEncoder
+from aekit.nets.mlp import MLPDecoder, MLPEncoder
+
+__all__ = ["NetConfig", "build_networks", "resolve_body"]
+
+DEFAULT_HIDDEN = {"mlp": (512, 256), "conv": (256,)}
+
+
+def resolve_body(net: NetConfig, input_shape: tuple[int, ...]) -> str:
+    # Below 16x16 two stride-2 stages leave a few pixels: an MLP is as good and twice as fast.
+    is_image = len(input_shape) == 3 and min(input_shape[1:]) >= 16
+    if net.body == "auto":
+        return "conv" if is_image else "mlp"
+    if net.body == "conv" and len(input_shape) != 3:
+        raise AekitError(
+            f"the conv body needs images of shape (C, H, W); the data has shape {input_shape}"
+        )
+    if net.body == "conv" and (min(input_shape[1:]) < 2 ** len(net.channels)):
+        raise AekitError(
+            f"{len(net.channels)} conv stages halve {input_shape[1:]} below 1 pixel; "
+            "pass fewer --channels"
+        )
+    return net.body
+
+
+def build_networks(
+    net: NetConfig, input_shape: tuple[int, ...], in_features: int, latent_dim: int
+) -> tuple[nn.Module, nn.Module]:
+    """An encoder x -> (B, in_features) and a decoder z -> (B, *input_shape)."""
+    body = resolve_body(net, input_shape)
+    hidden = net.hidden if net.hidden is not None else DEFAULT_HIDDEN[body]
+    if body == "mlp":
+        encoder = MLPEncoder(input_shape, hidden, in_features, net.activation)
+        decoder = MLPDecoder(latent_dim, hidden, input_shape, net.activation)
+    else:
+        encoder = ConvEncoder(input_shape, net.channels, hidden, in_features, net.activation)
+        decoder = ConvDecoder(
+            latent_dim, net.channels, hidden, input_shape, net.activation, net.upsample
+        )
+    return encoder, decoder

@@ -1,0 +1,53 @@
+"""Fully connected encoder and decoder bodies."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+
+def activation(name: str) -> nn.Module:
+    return {
+        "relu": nn.ReLU,
+        "silu": nn.SiLU,
+        "gelu": nn.GELU,
+        "elu": nn.ELU,
+        "leaky_relu": nn.LeakyReLU,
+        "tanh": nn.Tanh,
+    }[name]()
+
+
+def mlp(widths: list[int], act: str) -> nn.Sequential:
+    """Linear layers between consecutive widths, with no activation after the last."""
+    layers: list[nn.Module] = []
+    for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(w_in, w_out))
+        if i < len(widths) - 2:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(
+        self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_features: int, act: str
+    ) -> None:
+        super().__init__()
+        self.net = mlp([math.prod(input_shape), *hidden, out_features], act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(
+        self, latent_dim: int, hidden: tuple[int, ...], output_shape: tuple[int, ...], act: str
+    ) -> None:
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        self.net = mlp([latent_dim, *reversed(hidden), math.prod(output_shape)], act)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.output_shape)

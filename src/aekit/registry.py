@@ -1,0 +1,239 @@
+"""Named recipes: a family is a choice of bottleneck, likelihood, corruption and objective
+plus paper defaults. `aekit models` lists them; `build` turns one into a model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from aekit.components import Dims, make_options, options_class
+from aekit.errors import AekitError
+from aekit.models.autoencoder import Autoencoder
+from aekit.models.config import SLOTS, Component, ModelConfig
+from aekit.nets import NetConfig, build_networks
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    paper: str
+    kinds: dict[str, str] = field(default_factory=dict)
+    """Kind per slot (bottleneck, likelihood, corruption, objective) where not the default."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Option defaults of the recipe (routed to whichever part owns each name)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data defaults, e.g. dynamic binarisation for a likelihood bound."""
+
+
+DEFAULT_KINDS = {
+    "bottleneck": "identity",
+    "likelihood": "bernoulli",
+    "corruption": "none",
+    "objective": "reconstruction",
+}
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe {recipe.name!r} is registered twice")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise AekitError(f"unknown model {name!r}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+register_recipe(
+    Recipe(
+        "ae",
+        "Autoencoder: deterministic code, reconstruction loss",
+        "Hinton & Salakhutdinov 2006, Reducing the dimensionality of data with neural networks",
+    )
+)
+register_recipe(
+    Recipe(
+        "dae",
+        "Denoising autoencoder: corrupted input (masking, gaussian, salt-pepper), clean target",
+        "Vincent et al. 2008, Extracting and composing robust features with denoising autoencoders",
+        kinds={"corruption": "masking"},
+    )
+)
+register_recipe(
+    Recipe(
+        "vae",
+        "Variational autoencoder: Gaussian posterior, analytic KL to N(0, I), ELBO in nats",
+        "Kingma & Welling 2014, Auto-encoding variational Bayes",
+        kinds={"bottleneck": "gaussian", "objective": "elbo"},
+        data={"binarize": True},
+    )
+)
+register_recipe(
+    Recipe(
+        "beta-vae",
+        "beta-VAE: the KL weighted by beta (default 4) for disentangling",
+        "Higgins et al. 2017, beta-VAE: learning basic visual concepts with a constrained "
+        "variational framework",
+        kinds={"bottleneck": "gaussian", "objective": "elbo"},
+        options={"beta": 4.0},
+        data={"binarize": True},
+    )
+)
+register_recipe(
+    Recipe(
+        "beta-vae-capacity",
+        "Capacity-annealed beta-VAE: gamma * |KL - C|, C raised linearly to C_max",
+        "Burgess et al. 2018, Understanding disentangling in beta-VAE",
+        kinds={"bottleneck": "gaussian", "objective": "capacity"},
+        data={"binarize": True},
+    )
+)
+
+
+def option_owners(kinds: dict[str, str]) -> dict[str, str]:
+    """Which part (net, or a slot) owns each option name, for the chosen kinds."""
+    owners = {f.name: "net" for f in fields(NetConfig)}
+    for slot, registry in SLOTS.items():
+        for f in fields(options_class(registry[kinds[slot]])):
+            if f.name in owners:
+                raise AekitError(
+                    f"option {f.name!r} is claimed by both {owners[f.name]} and {slot}"
+                )
+            owners[f.name] = slot
+    return owners
+
+
+def model_config(
+    name: str, input_shape: tuple[int, ...], latent_dim: int | None = None, **options: Any
+) -> ModelConfig:
+    """The config of recipe `name` with `options` overriding its defaults.
+
+    Options are flat names (`beta=4`, `noise=0.3`, `channels=(32, 64)`) routed to the part
+    that owns them; `bottleneck=`, `likelihood=`, `corruption=`, `objective=` change a kind.
+    """
+    recipe = get_recipe(name)
+    kinds = {**DEFAULT_KINDS, **recipe.kinds}
+    for slot in SLOTS:
+        if options.get(slot) is not None:
+            kinds[slot] = options.pop(slot)
+        options.pop(slot, None)
+    owners = option_owners(kinds)
+    values: dict[str, dict[str, Any]] = {"net": {}, **{slot: {} for slot in SLOTS}}
+    for key, value in recipe.options.items():
+        if key in owners:  # a recipe default for a kind the user replaced no longer applies
+            values[owners[key]][key] = value
+    for key, value in options.items():
+        if key not in owners:
+            raise AekitError(
+                f"model {name!r} has no option {key!r} (valid: latent_dim, "
+                f"{', '.join(sorted(owners))}, {', '.join(SLOTS)})"
+            )
+        values[owners[key]][key] = value
+    return ModelConfig(
+        recipe=name,
+        input_shape=tuple(input_shape),
+        latent_dim=16 if latent_dim is None else latent_dim,
+        net=make_options(NetConfig, values["net"], "net"),
+        **{slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS},
+    )
+
+
+def build_from_config(
+    config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None
+) -> Autoencoder:
+    dims = Dims(config.input_shape, config.latent_dim)
+    parts = {
+        slot: SLOTS[slot][getattr(config, slot).kind](getattr(config, slot).options, dims)
+        for slot in SLOTS
+    }
+    if parts["objective"].needs_kl and not parts["bottleneck"].has_prior:
+        raise AekitError(
+            f"objective {config.objective.kind!r} needs a bottleneck with a prior and a KL term; "
+            f"{config.bottleneck.kind!r} has none"
+        )
+    if (encoder is None) != (decoder is None):
+        raise AekitError("pass both a custom encoder and a custom decoder, or neither")
+    if encoder is None:
+        if config.net.body == "custom":
+            raise AekitError(
+                "this model was built with a custom encoder/decoder: pass them again, "
+                "e.g. aekit.load(run, encoder=..., decoder=...)"
+            )
+        encoder, decoder = build_networks(
+            config.net, config.input_shape, parts["bottleneck"].in_features, config.latent_dim
+        )
+    else:
+        config = dataclasses.replace(config, net=dataclasses.replace(config.net, body="custom"))
+        check_custom_networks(encoder, decoder, config, parts["bottleneck"].in_features)
+    return Autoencoder(
+        encoder,
+        parts["bottleneck"],
+        decoder,
+        parts["likelihood"],
+        parts["objective"],
+        parts["corruption"],
+        config,
+    )
+
+
+def check_custom_networks(
+    encoder: nn.Module, decoder: nn.Module, config: ModelConfig, in_features: int
+) -> None:
+    """Run both modules once on zeros so a shape mistake is reported now, by name."""
+    with torch.no_grad():
+        h = run_custom(encoder, "encoder", torch.zeros(2, *config.input_shape))
+        if tuple(h.shape) != (2, in_features):
+            raise AekitError(
+                f"the encoder must map (N, {', '.join(map(str, config.input_shape))}) to "
+                f"(N, {in_features}) for the {config.bottleneck.kind!r} bottleneck; it gave "
+                f"{tuple(h.shape)} for N=2"
+            )
+        out = run_custom(decoder, "decoder", torch.zeros(2, config.latent_dim))
+        if tuple(out.shape) != (2, *config.input_shape):
+            raise AekitError(
+                f"the decoder must map (N, {config.latent_dim}) to (N, "
+                f"{', '.join(map(str, config.input_shape))}); it gave {tuple(out.shape)} for N=2"
+            )
+
+
+def run_custom(module: nn.Module, role: str, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return module(x)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise AekitError(
+            f"the custom {role} fails on an input of shape {tuple(x.shape)}: "
+            f"{' '.join(str(e).split())}"
+        ) from None
+
+
+def build(
+    name: str | ModelConfig,
+    input_shape: tuple[int, ...] | None = None,
+    latent_dim: int | None = None,
+    *,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    **options: Any,
+) -> Autoencoder:
+    """Build a model by recipe name (`aekit.build("vae", input_shape=(1, 28, 28), latent_dim=16,
+    beta=2)`) or from a ModelConfig. Pass `encoder`/`decoder` modules to use your own bodies:
+    the encoder maps x to the bottleneck's `in_features` (2 * latent_dim for Gaussian), the
+    decoder maps z to the likelihood's parameters, shaped like x."""
+    if isinstance(name, ModelConfig):
+        if input_shape is not None or latent_dim is not None or options:
+            raise AekitError("pass either a ModelConfig or a recipe name with options, not both")
+        return build_from_config(name, encoder, decoder)
+    if input_shape is None:
+        raise AekitError("build needs input_shape, e.g. input_shape=(1, 28, 28)")
+    return build_from_config(
+        model_config(name, input_shape, latent_dim, **options), encoder, decoder
+    )

@@ -1,0 +1,59 @@
+"""Options of the shared training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aekit.components import SavedConfig
+from aekit.errors import AekitError
+
+
+@dataclass
+class TrainConfig(SavedConfig):
+    epochs: int = 100
+    """Passes over the training data."""
+    batch_size: int = 64
+    """Examples per optimisation step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    optimizer: str = "adam"
+    """`adam` or `adamw`."""
+    weight_decay: float = 0.0
+    """L2 penalty (adam) or decoupled weight decay (adamw)."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: `constant` or `cosine` (down to min_lr_ratio * lr)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule, as a fraction of lr."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0: off)."""
+    patience: int = 0
+    """Stop after this many epochs without a better validation loss (0: never stop early)."""
+    seed: int = 0
+    """Seeds initialisation, shuffling, binarisation and sampling: equal seeds, equal runs."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when available)."""
+    eval_batch_size: int = 1000
+    """Examples per batch in validation and evaluation."""
+    out: str | None = None
+    """Run directory (config, weights, checkpoints, metrics, report); None: keep nothing on disk."""
+    progress: bool = True
+    """Show a progress bar with the loss and throughput."""
+    tensorboard: bool = False
+    """Also log to TensorBoard in RUN/tensorboard (needs the `tensorboard` package)."""
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise AekitError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise AekitError(f"lr must be positive (got {self.lr})")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio"):
+            if getattr(self, name) < 0:
+                raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")
+        if self.optimizer not in ("adam", "adamw"):
+            raise AekitError(f"optimizer must be adam or adamw (got {self.optimizer!r})")
+        if self.schedule not in ("constant", "cosine"):
+            raise AekitError(f"schedule must be constant or cosine (got {self.schedule!r})")

@@ -1,0 +1,376 @@
+"""The one training loop every family shares.
+
+Per epoch: seeded shuffling (and dynamic binarisation), optimisation steps with the global
+step driving the model's schedules, validation at the end of those schedules, metrics
+appended to `metrics.jsonl`, best weights and a resumable checkpoint written atomically.
+Each epoch's randomness is derived from (seed, epoch), so a resumed run continues exactly as
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aekit.data.tensor_data import TensorData
+from aekit.errors import AekitError, TrainingDiverged
+from aekit.eval.metrics import evaluate
+from aekit.io import append_jsonl, atomic_write_text, read_jsonl
+from aekit.models.autoencoder import Autoencoder
+from aekit.train import checkpoint as ckpt
+from aekit.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AekitError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AekitError("device cuda was asked for but no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise AekitError("device mps was asked for but MPS is not available")
+    return device
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def as_data(data: TensorData | torch.Tensor | np.ndarray | None, name: str) -> TensorData | None:
+    if data is None or isinstance(data, TensorData):
+        return data
+    return TensorData(data, name=name)
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0
+    step: int = 0
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    best_epoch: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Autoencoder,
+        train_data: TensorData | torch.Tensor | np.ndarray,
+        val_data: TensorData | torch.Tensor | np.ndarray | None = None,
+        config: TrainConfig | None = None,
+        *,
+        callbacks: Sequence[Callback] = (),
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.model = model
+        self.train_data = as_data(train_data, "training data")
+        self.val_data = as_data(val_data, "validation data")
+        if self.train_data is None or len(self.train_data) == 0:
+            raise AekitError("the training data is empty")
+        for data in (self.train_data, self.val_data):
+            if data is not None and len(data) > 0:
+                model.check_input(data.x[:1])
+                model.likelihood.check_data(data.x, data.name)
+        self.callbacks = list(callbacks)
+        self.extra_config = extra_config or {}
+        self.run_dir = Path(self.config.out) if self.config.out else None
+        self.device = resolve_device(self.config.device)
+        self.state = TrainerState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- run directory
+    def _config_sections(self) -> dict[str, Any]:
+        spec = getattr(self.train_data, "spec", None)
+        return {
+            "model": self.model.config.to_dict(),
+            "train": self.config.to_dict(),
+            "data": spec.to_dict() if spec is not None else None,
+            **self.extra_config,
+        }
+
+    def _start_run_dir(self) -> None:
+        assert self.run_dir is not None
+        if (self.run_dir / ckpt.LAST).exists():
+            raise AekitError(
+                f"{self.run_dir} already holds a run; resume it (aekit train --resume "
+                f"{self.run_dir}) or choose another --out"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Without a checkpoint nothing here can be resumed: a first epoch cut short starts over.
+        (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
+        ckpt.write_config(self.run_dir, self._config_sections())
+
+    def _resume(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.run_dir is None:
+            raise AekitError("resuming needs the run directory (TrainConfig.out)")
+        path = self.run_dir / ckpt.LAST
+        if not path.is_file():
+            raise AekitError(f"{self.run_dir} has no checkpoint to resume ({ckpt.LAST} is missing)")
+        saved = ckpt.load_checkpoint(path, self.model, optimizer)
+        self.state = TrainerState(**saved)
+        if (self.run_dir / ckpt.WEIGHTS).is_file() and self.state.best_epoch is not None:
+            self.best_state = ckpt.read_weights(self.run_dir / ckpt.WEIGHTS)
+        # Epochs after the checkpoint (a crash between metrics and checkpoint) are redone.
+        self.history = [
+            r for r in read_jsonl(self.run_dir / ckpt.METRICS) if r["epoch"] <= self.state.epoch
+        ]
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write_text(self.run_dir / ckpt.METRICS, lines)
+        ckpt.write_config(self.run_dir, self._config_sections())
+        log.info(
+            "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
+        )
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        return cls(
+            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False) -> FitResult:
+        cfg = self.config
+        model = self.model.to(self.device)
+        train = self.train_data.to(self.device)
+        val = (
+            self.val_data.to(self.device)
+            if self.val_data is not None and len(self.val_data)
+            else None
+        )
+        optimizer = self._make_optimizer()
+        if resume:
+            self._resume(optimizer)
+        elif self.run_dir is not None:
+            self._start_run_dir()
+
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total_steps = cfg.epochs * steps_per_epoch
+        schedule_end = model.objective.schedule_end()
+        if schedule_end > total_steps:
+            log.warning(
+                "the %s schedule ends at step %d but this run has %d steps: it will stop at "
+                "%.0f%% of its final value",
+                model.config.objective.kind,
+                schedule_end,
+                total_steps,
+                100 * total_steps / schedule_end,
+            )
+        if self.state.epoch >= cfg.epochs:
+            log.info("already trained %d epochs; raise --epochs to train longer", self.state.epoch)
+        writer = self._tensorboard()
+        stopped_early = False
+        try:
+            for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+                record = self._train_epoch(
+                    epoch, train, optimizer, steps_per_epoch, total_steps, writer
+                )
+                if val is not None:
+                    record["val"] = evaluate(
+                        model,
+                        val,
+                        batch_size=cfg.eval_batch_size,
+                        seed=derive_seed(cfg.seed, epoch, 2),
+                    )
+                stop = self._end_epoch(epoch, record, optimizer, writer)
+                if stop:
+                    stopped_early = True
+                    log.info(
+                        "early stopping: no better validation loss for %d epochs", cfg.patience
+                    )
+                    break
+        finally:
+            if writer is not None:
+                writer.close()
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return FitResult(
+            epochs=self.state.epoch,
+            steps=self.state.step,
+            best_epoch=self.state.best_epoch,
+            best_val_loss=self.state.best_val_loss,
+            stopped_early=stopped_early,
+            history=self.history,
+            run_dir=self.run_dir,
+        )
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        train: TensorData,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        total_steps: int,
+        writer: Any,
+    ) -> dict[str, Any]:
+        cfg, model = self.config, self.model
+        model.train()
+        seed = derive_seed(cfg.seed, epoch, 1)
+        torch.manual_seed(seed)  # reparameterisation noise and input corruption
+        generator = torch.Generator().manual_seed(seed)  # shuffling and binarisation
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        check_every = 1 if self.device.type == "cpu" else 25
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="step",
+            leave=False,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        with bar:
+            for i, batch in enumerate(
+                train.batches(cfg.batch_size, shuffle=True, generator=generator)
+            ):
+                lr = learning_rate(self.state.step, total_steps, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = model(batch.x, step=self.state.step)
+                if (i + 1) % check_every == 0 and not torch.isfinite(out.loss):
+                    self._diverged(epoch, out.terms)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                self.state.step += 1
+                n = batch.x.shape[0]
+                seen += n
+                for name, value in out.terms.items():
+                    sums[name] = sums.get(name, 0.0) + value * n
+                if bar.disable is False and (i % 10 == 0 or i == steps_per_epoch - 1):
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(loss=f"{out.loss.item():.4g}", ex_s=f"{rate:.0f}")
+                bar.update(1)
+                if writer is not None and self.state.step % 50 == 0:
+                    writer.add_scalar("train_step/loss", out.loss.item(), self.state.step)
+        seconds = time.perf_counter() - start
+        means = {name: float(total) / seen for name, total in sums.items()}
+        if not all(math.isfinite(v) for v in means.values()):
+            self._diverged(epoch, means)
+        return {
+            "epoch": epoch,
+            "step": self.state.step,
+            "lr": lr,
+            "train": means,
+            "train_seconds": seconds,
+            "examples_per_second": seen / max(seconds, 1e-9),
+        }
+
+    def _diverged(self, epoch: int, terms: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        kept = (
+            f"; the last good checkpoint (epoch {self.state.epoch}) is kept in {self.run_dir}"
+            if self.run_dir is not None and self.state.epoch > 0
+            else ""
+        )
+        raise TrainingDiverged(
+            f"non-finite loss at step {self.state.step} (epoch {epoch}): {shown}{kept}; "
+            "try a lower --lr or --grad-clip"
+        )
+
+    def _end_epoch(
+        self, epoch: int, record: dict[str, Any], optimizer: torch.optim.Optimizer, writer: Any
+    ) -> bool:
+        cfg, state = self.config, self.state
+        state.epoch = epoch
+        improved = False
+        if "val" in record:
+            val_loss = record["val"]["loss"]
+            if not math.isfinite(val_loss):
+                self._diverged(epoch, record["val"])
+            if state.best_val_loss is None or val_loss < state.best_val_loss:
+                state.best_val_loss, state.best_epoch = val_loss, epoch
+                state.epochs_without_improvement = 0
+                improved = True
+                self.best_state = {
+                    k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()
+                }
+            else:
+                state.epochs_without_improvement += 1
+        record["best"] = improved
+        self.history.append(record)
+        self._log_epoch(record)
+        if writer is not None:
+            for split in ("train", "val"):
+                for name, value in record.get(split, {}).items():
+                    if isinstance(value, int | float):
+                        writer.add_scalar(f"{split}/{name}", value, state.step)
+        if self.run_dir is not None:
+            # Metrics first, then the checkpoint: a crash in between only repeats this epoch.
+            append_jsonl(self.run_dir / ckpt.METRICS, record)
+            if improved or "val" not in record:
+                ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model)
+            ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.model, optimizer, state.__dict__)
+        for callback in self.callbacks:
+            callback(self, record)
+        return cfg.patience > 0 and state.epochs_without_improvement >= cfg.patience
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        # About ten lines per run; metrics.jsonl has every epoch.
+        epoch, epochs = record["epoch"], self.config.epochs
+        if epoch not in (1, epochs) and epoch % max(1, epochs // 10):
+            return
+        train, val = record["train"], record.get("val", {})
+        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"train loss {train['loss']:.4g}"]
+        if "elbo" in val:
+            parts.append(f"val elbo {val['elbo']:.4g} nats")
+        elif "loss" in val:
+            parts.append(f"val loss {val['loss']:.4g}")
+        parts.append(f"{record['examples_per_second']:.0f} ex/s")
+        log.info("  ".join(parts) + ("  *" if record["best"] else ""))
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        if self.run_dir is None:
+            raise AekitError("TensorBoard logging needs a run directory (--out)")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise AekitError(
+                "TensorBoard logging needs the tensorboard package: "
+                "pip install 'aekit[tensorboard]'"
+            ) from None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))

@@ -1,0 +1,208 @@
+"""The shared training loop: reproducibility, resume equivalence, divergence handling,
+early stopping, schedules and the run directory."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+import aekit
+from aekit.train import checkpoint as ckpt
+from aekit.train.trainer import learning_rate
+from conftest import TINY_NET
+
+
+def data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    return aekit.TensorData(x, torch.arange(n) % 3, binarize=True, name="toy")
+
+
+def make(recipe="vae", seed=0, **options):
+    torch.manual_seed(seed)
+    return aekit.build(recipe, (1, 8, 8), 3, **TINY_NET, **options)
+
+
+def config(tmp_path=None, name="run", **overrides):
+    values = {
+        "epochs": 4,
+        "batch_size": 16,
+        "progress": False,
+        "schedule": "cosine",
+        "warmup_steps": 5,
+        "grad_clip": 5.0,
+    }
+    values.update(overrides)
+    if tmp_path is not None:
+        values["out"] = str(tmp_path / name)
+    return aekit.TrainConfig(**values)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(epoch):
+    def callback(trainer, record):
+        if record["epoch"] == epoch:
+            raise Crash
+
+    return callback
+
+
+@pytest.mark.parametrize(
+    "recipe, options",
+    [("vae", {"corruption": "masking"}), ("beta-vae-capacity", {"capacity_steps": 50})],
+)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recipe, options):
+    train, val = data(), data(32, seed=1)
+    whole = make(recipe, **options)
+    aekit.Trainer(whole, train, val, config(tmp_path, "whole")).fit()
+
+    crashed = make(recipe, **options)
+    with pytest.raises(Crash):
+        aekit.Trainer(
+            crashed, train, val, config(tmp_path, "crashed"), callbacks=[crash_after(2)]
+        ).fit()
+    resumed = make(recipe, seed=123, **options)  # different init: everything must come from disk
+    result = aekit.Trainer(resumed, train, val, config(tmp_path, "crashed")).fit(resume=True)
+
+    assert result.epochs == 4 and result.steps == 4 * math.ceil(96 / 16)
+    assert_same(weights(whole), weights(resumed))
+    for name in (ckpt.WEIGHTS, ckpt.LAST):
+        assert_same(
+            ckpt.read_weights(tmp_path / "whole" / name),
+            ckpt.read_weights(tmp_path / "crashed" / name),
+        )
+    records = [json.loads(line) for line in (tmp_path / "crashed" / ckpt.METRICS).open()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+
+
+def test_same_seed_same_run_and_other_seed_other_run():
+    runs = []
+    for seed in (0, 0, 1):
+        model = make(seed=seed)
+        aekit.Trainer(model, data(), None, config(epochs=2, seed=seed)).fit()
+        runs.append(weights(model))
+    assert_same(runs[0], runs[1])
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = make()
+    trainer = aekit.Trainer(model, data(), data(32, 1), config(tmp_path, epochs=5))
+
+    def poison(module, args, out):
+        return out * float("nan") if trainer.state.step >= 14 else out  # epoch 3 of 6-step epochs
+
+    model.decoder.register_forward_hook(poison)
+    with pytest.raises(
+        aekit.TrainingDiverged, match=r"non-finite loss at step 14 \(epoch 3\).*epoch 2"
+    ):
+        trainer.fit()
+    run = tmp_path / "run"
+    saved = ckpt.read_weights(run / ckpt.LAST)
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    last = [json.loads(line) for line in (run / ckpt.METRICS).open()][-1]
+    assert last["epoch"] == 2
+    assert aekit.load(run).encode(torch.rand(2, 1, 8, 8)).isfinite().all()
+
+
+def test_early_stopping_and_best_weights(tmp_path, monkeypatch):
+    val_losses = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+    monkeypatch.setattr("aekit.train.trainer.evaluate", lambda *a, **k: {"loss": next(val_losses)})
+    snapshots = []
+    model = make()
+    result = aekit.Trainer(
+        model,
+        data(),
+        data(32, 1),
+        config(tmp_path, epochs=5, patience=2),
+        callbacks=[lambda t, r: snapshots.append(weights(t.model))],
+    ).fit()
+    assert result.stopped_early and result.epochs == 4
+    assert result.best_epoch == 2 and result.best_val_loss == 2.0
+    assert_same(weights(model), snapshots[1])  # the best weights are restored ...
+    assert_same(ckpt.read_weights(tmp_path / "run" / ckpt.WEIGHTS), snapshots[1])  # ... and saved
+    last = ckpt.read_weights(tmp_path / "run" / ckpt.LAST)
+    assert_same(
+        {k[len("model/") :]: v for k, v in last.items() if k.startswith("model/")}, snapshots[3]
+    )  # ... while the checkpoint holds the last epoch
+
+
+def test_step_level_schedules_follow_the_global_step():
+    model = make(kl_warmup_steps=20)
+    result = aekit.Trainer(model, data(), data(32, 1), config(epochs=3, batch_size=16)).fit()
+    for record in result.history:  # 6 steps per epoch
+        steps = range(record["step"] - 6, record["step"])
+        expected = sum(min(1.0, s / 20) for s in steps) / 6
+        assert record["train"]["kl_weight"] == pytest.approx(expected)
+        assert record["val"]["kl_weight"] == 1.0  # validation compares the final objective
+
+
+def test_learning_rate_schedules():
+    cfg = aekit.TrainConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert learning_rate(0, 110, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, 110, cfg) == pytest.approx(0.55)
+    assert learning_rate(110, 110, cfg) == pytest.approx(0.1)
+    constant = aekit.TrainConfig(lr=0.5)
+    assert {learning_rate(s, 100, constant) for s in range(100)} == {0.5}
+
+
+def test_run_directory_contents_and_protection(tmp_path):
+    model = make()
+    aekit.Trainer(model, data(), data(32, 1), config(tmp_path, epochs=2)).fit()
+    run = tmp_path / "run"
+    saved = json.loads((run / ckpt.CONFIG).read_text())
+    assert saved["model"] == model.config.to_dict() and saved["train"]["epochs"] == 2
+    records = [json.loads(line) for line in (run / ckpt.METRICS).open()]
+    assert {"epoch", "step", "lr", "train", "val", "examples_per_second"} <= records[0].keys()
+    assert {"loss", "nll", "kl", "elbo"} <= records[0]["val"].keys()
+    before = (run / ckpt.WEIGHTS).read_bytes()
+    with pytest.raises(aekit.AekitError, match="already holds a run"):
+        aekit.Trainer(make(), data(), None, config(tmp_path, epochs=2)).fit()
+    assert (run / ckpt.WEIGHTS).read_bytes() == before
+    with pytest.raises(aekit.AekitError, match="no checkpoint to resume"):
+        aekit.Trainer(make(), data(), None, config(tmp_path, "empty")).fit(resume=True)
+
+
+def test_bad_training_data_is_refused():
+    with pytest.raises(aekit.AekitError, match="expects"):
+        aekit.Trainer(make(), torch.rand(10, 1, 9, 9))
+    with pytest.raises(aekit.AekitError, match="needs values in"):
+        aekit.Trainer(make(), torch.rand(10, 1, 8, 8) * 3)
+    with pytest.raises(aekit.AekitError, match="empty"):
+        aekit.Trainer(make(), torch.rand(0, 1, 8, 8))
+    with pytest.raises(aekit.AekitError, match="NaN"):
+        aekit.Trainer(make(), torch.full((4, 1, 8, 8), float("nan")))
+
+
+def test_progress_bar_can_be_turned_off(capsys):
+    aekit.Trainer(make(), data(), None, config(epochs=1, progress=False)).fit()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_optional_tensorboard_and_missing_devices_are_clear_errors(tmp_path):
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(aekit.AekitError, match=r"pip install 'aekit\[tensorboard\]'"):
+            aekit.Trainer(make(), data(), None, config(tmp_path, tensorboard=True)).fit()
+    if not torch.cuda.is_available():
+        with pytest.raises(aekit.AekitError, match="no CUDA device"):
+            aekit.Trainer(make(), data(), None, config(device="cuda"))
+    with pytest.raises(aekit.AekitError, match="unknown device"):
+        aekit.Trainer(make(), data(), None, config(device="tpu9"))
