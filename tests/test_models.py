@@ -198,3 +198,19 @@ def test_recipes_list_their_papers():
     for recipe in RECIPES.values():
         assert recipe.summary and recipe.paper
     assert {"ae", "dae", "vae", "beta-vae", "beta-vae-capacity"} <= set(RECIPES)
+
+
+def test_component_bases_are_abstract_and_every_registered_kind_is_complete():
+    from aekit.bottlenecks import BOTTLENECKS, Bottleneck
+    from aekit.components import options_class
+    from aekit.likelihoods import LIKELIHOODS, Likelihood
+    from aekit.objectives import OBJECTIVES, Objective
+
+    dims = Dims((1, 8, 8), 3)
+    for base in (Bottleneck, Likelihood, Objective):
+        with pytest.raises(TypeError, match="abstract"):
+            base(options_class(base)(), dims)
+    for registry in (BOTTLENECKS, LIKELIHOODS, OBJECTIVES, CORRUPTIONS):
+        for kind in registry.names():
+            cls = registry[kind]
+            cls(options_class(cls)(), dims)  # raises TypeError if a method is left abstract

@@ -48,7 +48,7 @@ class GaussianNoiseOptions:
 
 @CORRUPTIONS.register("none")
 class NoCorruption(Corruption):
-    pass
+    """The identity: plain (non-denoising) autoencoders see x itself."""
 
 
 @CORRUPTIONS.register("gaussian")

@@ -8,6 +8,7 @@ is a real bound.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -22,25 +23,28 @@ def sum_per_example(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
 
 
-class Likelihood(nn.Module):
+class Likelihood(nn.Module, ABC):
+    """A head p(x|z); subclasses define log_prob, mean and sample."""
+
     Options = NoOptions
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         super().__init__()
         self.options = options
 
+    @abstractmethod
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per example, (B,), in nats."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z], shaped like x."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample(
         self, params: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """A draw x ~ p(x|z), shaped like x."""
 
     def check_data(self, x: torch.Tensor, what: str) -> None:
         """Raise a clear error when the data cannot have this likelihood."""

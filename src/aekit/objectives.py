@@ -8,6 +8,7 @@ at the end of its schedules, which is what validation and early stopping compare
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -32,15 +33,18 @@ def ramp(step: int | None, steps: int) -> float:
     return min(1.0, step / steps)
 
 
-class Objective:
+class Objective(ABC):
+    """Combines the NLL and the bottleneck's terms into the loss; subclasses define __call__."""
+
     Options = NoOptions
     needs_kl = False
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         self.options = options
 
+    @abstractmethod
     def __call__(self, nll: torch.Tensor, b: BottleneckOutput, step: int | None) -> ObjectiveOutput:
-        raise NotImplementedError
+        """The loss and named terms of a batch; `step=None` means the end of the schedules."""
 
     def schedule_end(self) -> int:
         """The step at which this objective's schedules reach their final values."""

@@ -6,6 +6,7 @@ decoder sees, and reports what its family adds to the objective.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,9 @@ class BottleneckOutput:
     """The posterior's parameters (e.g. mu, logvar), for bounds that need log q(z|x)."""
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(nn.Module, ABC):
+    """Subclasses define forward; encode and sample_prior have defaults."""
+
     Options = NoOptions
     has_prior = False
     """Whether p(z) is defined, so that `sample_prior` and a KL term exist."""
@@ -44,8 +47,9 @@ class Bottleneck(nn.Module):
         """Width of the encoder output this bottleneck consumes."""
         return self.latent_dim
 
+    @abstractmethod
     def forward(self, h: torch.Tensor) -> BottleneckOutput:
-        raise NotImplementedError
+        """The code the decoder sees, and what this family adds to the objective."""
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """The deterministic code of features `h` (no sampling)."""
