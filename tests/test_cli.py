@@ -153,8 +153,32 @@ def test_every_family_trains_from_the_cli(images, capsys):
     assert config["corruption"] == {"kind": "gaussian", "noise": 0.2}
     config = json.loads((images / "beta-vae" / "config.json").read_text())["model"]
     assert config["objective"]["beta"] == 2.0
-    message = error_of(capsys, "sample", images / "ae")
-    assert "no prior" in message
+    assert run_cli("sample", images / "ae", "-n", "3") == 0  # from the fitted latent density
+    (images / "ae" / "latent_density.safetensors").unlink()
+    assert "learns no prior" in error_of(capsys, "sample", images / "ae")
+
+
+def test_every_new_family_trains_from_the_cli(images, capsys):
+    for recipe, extra in [
+        ("iwae", ["--k", "3"]),
+        ("miwae", ["--m", "2", "--k", "2"]),
+        ("ciwae", ["--k", "3", "--beta", "0.3"]),
+        ("piwae", ["--m", "2", "--k", "2"]),
+        ("hvae", ["--top-dim", "1", "--level-hidden", "8"]),
+        ("vamp", ["--prior-components", "5"]),
+        ("rae", ["--regulariser", "l2"]),
+        ("wae-mmd", ["--prior", "uniform"]),
+        ("swae", ["--prior", "ring", "--projections", "8"]),
+    ]:
+        out = images / recipe
+        args = ("--data", images / "x.npy", "--out", out, *TINY, "--no-report", "--nll-k", "5")
+        assert run_cli("train", recipe, *args, *extra) == 0, recipe
+        metrics = json.loads((out / "eval.json").read_text())["metrics"]
+        assert ("marginal_nll" in metrics) == (recipe not in ("rae", "wae-mmd", "swae")), recipe
+        assert run_cli("sample", out, "-n", "2") == 0, recipe
+    capsys.readouterr()
+    assert "unknown prior 'gauss'" in error_of(capsys, "train", "swae", "--prior", "gauss")
+    assert "k must be at least 1 (got 0)" in error_of(capsys, "train", "iwae", "--k", "0")
 
 
 def test_models_and_help(capsys, monkeypatch):
@@ -220,6 +244,48 @@ def test_console_script_exit_codes(tmp_path):
         [sys.executable, "-m", "aekit.cli", "train", "nope"], capture_output=True, text=True
     )
     assert bad.returncode == 1
-    assert bad.stderr.strip() == (
-        "aekit: error: unknown model 'nope'; choose from ae, dae, vae, beta-vae, beta-vae-capacity"
+    assert bad.stderr.strip().startswith(
+        "aekit: error: unknown model 'nope'; choose from ae, dae, vae, beta-vae, "
     )
+
+
+def test_conditional_model_samples_a_chosen_class(images, capsys):
+    run = images / "cvae"
+    args = ("--data", images / "x.npy", "--labels", images / "y.npy", "--out", run, *TINY)
+    assert run_cli("train", "cvae", *args) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["condition_classes"] == 4
+    assert run_cli("sample", run, "--condition", "3", "-n", "4", "--out", images / "c3.png") == 0
+    assert np.load(images / "c3.npy").shape == (4, 1, 8, 8)
+    assert (run / "figures" / "samples.png").is_file()  # one row per class in the report
+    capsys.readouterr()
+    assert "outside the trained range 0..3" in error_of(capsys, "sample", run, "--condition", "7")
+    assert "pass a condition" in error_of(capsys, "sample", run)
+
+
+def test_deterministic_model_samples_from_its_fitted_latent_density(images, capsys):
+    run = images / "rae"
+    assert run_cli("train", "rae", "--data", images / "x.npy", "--out", run, *TINY) == 0
+    assert (run / "latent_density.safetensors").is_file()
+    assert run_cli("sample", run, "-n", "5") == 0
+    assert np.load(run / "samples.npy").shape == (5, 1, 8, 8)
+    assert (run / "figures" / "samples.png").is_file()
+
+
+def test_eval_reports_likelihood_with_k_and_gradient_snr(trained, capsys):
+    assert run_cli("eval", trained, "--nll-k", "20", "--grad-snr", "1,4") == 0
+    metrics = json.loads((trained / "eval.json").read_text())["metrics"]
+    assert metrics["marginal_nll_k"] == 20 and "k=20" in metrics["marginal_nll_estimator"]
+    assert metrics["gradient_snr"]["k"] == [1, 4]
+    capsys.readouterr()
+    assert "at least 1 (got 0)" in error_of(
+        capsys, "eval", trained, "--nll-k", "0", "--grad-snr", "0"
+    )
+    assert "integers separated by commas" in error_of(capsys, "eval", trained, "--grad-snr", "a")
+
+
+def test_eval_generation_metrics_use_a_cached_classifier(trained, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("AEKIT_CACHE", str(tmp_path / "cache"))
+    assert run_cli("eval", trained, "--nll-k", "0", "--generation") == 0
+    metrics = json.loads((trained / "eval.json").read_text())["metrics"]
+    assert metrics["fd_classifier_samples"] >= 0 and "fid_samples" not in metrics
+    assert list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))

@@ -47,7 +47,11 @@ def test_auto_body_is_conv_for_images_and_mlp_otherwise():
 
 def recipe_variants():
     for name in RECIPES:
-        yield name, {}
+        yield name, {"condition_classes": 3} if RECIPES[name].conditional else {}
+    yield "vae", {"prior": "mixture"}
+    yield "wae-mmd", {"prior": "uniform"}
+    yield "swae", {"prior": "ring"}
+    yield "rae", {"regulariser": "l2"}
     yield "vae", {"likelihood": "gaussian", "variance": "pixel"}
     yield "vae", {"likelihood": "laplace", "variance": "global"}
     yield "dae", {"corruption": "salt-pepper"}
@@ -58,14 +62,18 @@ def recipe_variants():
 def test_every_parameter_receives_a_gradient(name, options):
     model = aekit.build(name, (1, 8, 8), 4, **TINY_NET, **options)
     x = torch.rand(6, 1, 8, 8)
-    model(x, step=10).loss.backward()
+    condition = torch.arange(6) % 3 if model.conditional else None
+    model.backward(model(x, step=10, condition=condition))
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not silent, f"parameters without gradient: {silent}"
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_save_then_load_gives_identical_outputs(tmp_path, name):
-    model = aekit.build(name, (1, 8, 8), 3, **TINY_NET, likelihood="gaussian", variance="pixel")
+    extra = {"condition_dim": 2} if RECIPES[name].conditional else {}
+    model = aekit.build(
+        name, (1, 8, 8), 3, **TINY_NET, likelihood="gaussian", variance="pixel", **extra
+    )
     with torch.no_grad():  # make the learned scale differ from its initial value
         model.likelihood.log_scale.add_(torch.randn_like(model.likelihood.log_scale))
     write_config(tmp_path, {"model": model.config.to_dict()})
@@ -73,13 +81,14 @@ def test_save_then_load_gives_identical_outputs(tmp_path, name):
     loaded = aekit.load(tmp_path)
     assert loaded.config == model.config
     x = torch.rand(5, 1, 8, 8)
+    c = torch.randn(5, 2) if model.conditional else None
     model.eval()
-    assert torch.equal(loaded.encode(x), model.encode(x))
-    assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+    assert torch.equal(loaded.encode(x, c), model.encode(x, c))
+    assert torch.equal(loaded.reconstruct(x, c), model.reconstruct(x, c))
     torch.manual_seed(4)
-    a = model(x, step=None)
+    a = model(x, step=None, condition=c)
     torch.manual_seed(4)
-    b = loaded(x, step=None)
+    b = loaded(x, step=None, condition=c)
     assert torch.equal(a.loss, b.loss)
 
 
@@ -179,7 +188,7 @@ def test_bad_model_requests_give_clear_errors():
         aekit.build("vae", (10,), betta=2)
     with pytest.raises(aekit.AekitError, match="unknown likelihood 'poisson'"):
         aekit.build("vae", (10,), likelihood="poisson")
-    with pytest.raises(aekit.AekitError, match="needs a bottleneck with a prior"):
+    with pytest.raises(aekit.AekitError, match="needs a stochastic bottleneck with densities"):
         aekit.build("ae", (10,), objective="elbo")
     with pytest.raises(aekit.AekitError, match="noise must be a fraction"):
         aekit.build("dae", (10,), noise=1.5)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from aekit.data import DataConfig, Splits, TensorData
+from aekit.errors import AekitError
 from aekit.registry import build
 from aekit.report import build_report, image_grid, is_image_shape, save_png
 from aekit.train.checkpoint import save_weights, write_config
@@ -114,10 +115,13 @@ def test_report_of_an_image_vae_with_data_from_its_config(tmp_path):
         "reconstructions.png",
         "samples.png",
         "traversal.png",
+        "interpolation.png",
         "latent_pca.png",
+        "prior_posterior.png",
     }
     check_pngs(run, names)
     assert not list(run.glob("figures/.*.tmp"))
+    assert "spherical path" in page and "grey draws from the prior p(z)" in page
 
 
 def test_vector_autoencoder_gets_curves_and_pca_only(tmp_path):
@@ -133,9 +137,11 @@ def test_vector_autoencoder_gets_curves_and_pca_only(tmp_path):
     )
     page = build_report(run, model=model, splits=splits).read_text()
     names = referenced_figures(page)
-    assert set(names) == {"curves.png", "latent_pca.png"}  # no prior: no samples, no collapse
+    # No prior: no samples, no collapse warning, and the 2-D scatter shows the codes alone.
+    assert set(names) == {"curves.png", "latent_pca.png", "prior_posterior.png"}
     check_pngs(run, names)
     assert "Posterior collapse" not in page and "test 10" in page
+    assert "no prior draws are shown" in page
 
 
 def test_unloadable_data_still_gives_a_report_with_a_note(tmp_path):
@@ -168,3 +174,100 @@ def test_latent_figures_on_edge_cases_keep_the_model_in_training_mode(tmp_path, 
     ):
         Image.open(path).verify()
     assert model.training
+
+
+def test_interpolation_figure_of_a_tiny_image_model(tmp_path):
+    from aekit.report import figures
+
+    model = build("vae", input_shape=(1, 8, 8), latent_dim=2, hidden=(16,)).train()
+    path = figures.interpolation(model, torch.rand(5, 1, 8, 8), tmp_path / "i.png", steps=8)
+    Image.open(path).verify()
+    assert model.training  # restored after drawing
+    with pytest.raises(AekitError, match="at least 2 examples"):
+        figures.interpolation(model, torch.rand(1, 1, 8, 8), tmp_path / "j.png")
+    vector = build("ae", input_shape=(6,), latent_dim=2, hidden=(16,))
+    with pytest.raises(AekitError, match="needs image data"):
+        figures.interpolation(vector, torch.rand(4, 6), tmp_path / "k.png")
+
+
+def test_interpolation_paths_have_the_right_ends_and_norms():
+    from aekit.report.figures import interpolate
+
+    a, b = torch.tensor([[2.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 2.0], [2.0, 2.0]])
+    for method in ("linear", "spherical"):
+        path = interpolate(a, b, 9, method)
+        assert path.shape == (2, 9, 2)
+        torch.testing.assert_close(path[:, 0], a)
+        torch.testing.assert_close(path[:, -1], b)
+    # Slerp between equal-norm codes keeps the norm; the straight line cuts inside.
+    norms = interpolate(a, b, 9, "spherical")[0].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full((9,), 2.0))
+    assert interpolate(a, b, 9, "linear")[0, 4].norm() < 1.5
+    # Parallel codes (zero angle) fall back to the straight line instead of dividing by 0.
+    torch.testing.assert_close(
+        interpolate(a[1:], b[1:], 5, "spherical"), interpolate(a[1:], b[1:], 5)
+    )
+
+
+def test_prior_vs_posterior_scatter_with_and_without_a_prior(tmp_path):
+    from aekit.report import figures
+
+    x, y = torch.rand(30, 1, 8, 8), torch.arange(30) % 3
+    vae = build("vae", input_shape=(1, 8, 8), latent_dim=2, hidden=(16,))
+    prior = figures.prior_latents(vae, 30, seed=1)
+    assert prior.shape == (30, 2)
+    assert torch.equal(prior, figures.prior_latents(vae, 30, seed=1))
+    Image.open(figures.prior_vs_posterior(vae, x, y, prior, tmp_path / "a.png")).verify()
+    ae = build("ae", input_shape=(1, 8, 8), latent_dim=2, hidden=(16,))
+    if not hasattr(ae, "sample_latents"):  # else a fitted latent density may supply draws
+        assert figures.prior_latents(ae, 30) is None
+    Image.open(figures.prior_vs_posterior(ae, x, None, None, tmp_path / "b.png")).verify()
+    wide = build("vae", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))
+    with pytest.raises(AekitError, match="latent_dim 2"):
+        figures.prior_vs_posterior(wide, x, y, None, tmp_path / "c.png")
+
+
+@pytest.mark.parametrize(
+    ("metrics", "has_kl", "expected"),
+    [
+        ({"active_units": 2, "kl_per_dim": [3.0, 0.5, 1.0]}, True, None),
+        ({"active_units": 1, "kl_per_dim": [3.0, 0.5, 1.0]}, True, "2 of the 3 latent dim"),
+        ({"active_units": 3, "kl_per_dim": [3.0, 0.001, 1.0]}, True, "1 of the 3 have a test KL"),
+        ({"active_units": 0}, True, "3 of the 3 latent dimensions are inactive"),
+        ({"active_units": 0, "kl_per_dim": [0.0, 0.0, 0.0]}, False, None),  # no KL term
+        ({"loss": 1.0}, True, None),  # nothing measured, nothing claimed
+    ],
+)
+def test_collapse_warning_thresholds(metrics, has_kl, expected):
+    from aekit.report.html import collapse_warning
+
+    text = collapse_warning(metrics, 3, has_kl)
+    if expected is None:
+        assert text is None
+    else:
+        assert text.startswith("Posterior collapse") and expected in text
+        assert "--kl-warmup-steps" in text and "--free-bits" in text and "latent_dim" in text
+        assert ("inactive" in text) == (metrics["active_units"] < 3)  # only what is wrong
+
+
+def test_collapse_warning_box_in_the_report(tmp_path):
+    metrics = {"loss": 90.0, "kl": 0.5, "kl_per_dim": [0.5, 0.004], "active_units": 1}
+    run, model = make_run(tmp_path, eval_metrics=metrics)
+    page = build_report(run, model=model).read_text()
+    assert '<p class="warning">Posterior collapse' in page and "(z1)" in page
+    (tmp_path / "ok").mkdir()
+    run2, model2 = make_run(tmp_path / "ok", eval_metrics={**metrics, "kl_per_dim": [0.5, 0.2]})
+    assert "Posterior collapse" not in build_report(run2, model=model2).read_text()
+
+
+def test_scatter_of_a_deterministic_model_uses_its_fitted_latent_density(tmp_path):
+    from aekit.latent_density import fit_for_model
+
+    run, model = make_run(tmp_path, recipe="ae", input_shape=(6,))
+    if not hasattr(model, "sample_latents"):
+        pytest.skip("this Autoencoder cannot carry a fitted latent density")
+    data = TensorData(torch.rand(40, 6), torch.arange(40) % 2)
+    model.latent_density = fit_for_model(model, data, components=2)
+    page = build_report(run, model=model, splits=Splits(data, None, data, DataConfig("x.npy")))
+    assert "prior_posterior.png" in referenced_figures(page.read_text())
+    assert "grey draws from the fitted latent density" in page.read_text()

@@ -102,6 +102,30 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     add_data_choice(p, default_split="test")
     p.add_argument("--out", help="where to write the metrics JSON (default: in the run)")
+    p.add_argument(
+        "--nll-k",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="importance samples per example for -log p(x) (default: 1000; 0: skip)",
+    )
+    p.add_argument(
+        "--grad-snr",
+        metavar="K,K,...",
+        help="gradient signal-to-noise ratio of encoder and decoder at these k (e.g. 1,5,50)",
+    )
+    p.add_argument(
+        "--generation",
+        action="store_true",
+        help="FD-classifier and precision/recall of samples and reconstructions (trains and "
+        "caches a small classifier on the training labels)",
+    )
+    p.add_argument(
+        "--fid-weights",
+        metavar="PATH",
+        help="a TorchScript Inception feature extractor (e.g. inception-2015-12-05.pt): also "
+        "report FID with it",
+    )
 
     p = sub.add_parser("sample", help="draw samples from the prior: a PNG grid and a .npy")
     p.add_argument("run")
@@ -112,6 +136,10 @@ def main_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="PNG path (default: RUN/samples.png); the .npy goes beside it")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--condition",
+        help="conditional models: a label (e.g. 3) or a comma-separated conditioning vector",
+    )
 
     p = sub.add_parser("encode", help="export latent codes (posterior means for VAEs)")
     p.add_argument("run")
@@ -179,6 +207,8 @@ def cmd_train(argv: list[str]) -> int:
     for section in ("net", *SLOTS):
         options.update(section_values(args, section))
     latent_dim = section_values(args, "model").get("latent_dim")
+    if recipe.conditional:
+        options["condition_classes"] = label_classes(splits)
     torch.manual_seed(train_config.seed)
     model = build(recipe.name, splits.train.shape, latent_dim, **options)
     train_config.out = train_config.out or str(fresh_run_dir(recipe.name))
@@ -218,14 +248,36 @@ def resume(args: argparse.Namespace) -> int:
     return finish(trainer, trainer.fit(resume=True), splits, args)
 
 
+def label_classes(splits: Any) -> int:
+    """The number of classes a label-conditioned model is built for."""
+    if splits.train.y is None:
+        raise AekitError(
+            "a conditional model needs labels: use a labelled source or --labels / --label-column"
+        )
+    if splits.class_names:
+        return len(splits.class_names)
+    return int(splits.train.y.max()) + 1
+
+
 def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
     run = Path(trainer.config.out)
+    model = trainer.model
+    if not model.has_prior:
+        # A deterministic model samples from a density fitted on its training codes (as RAE).
+        from aekit.latent_density import LATENT_DENSITY, fit_for_model
+
+        train = splits.train
+        if train.binarize:
+            train = TensorData.binarized_once(train, seed=splits.spec.split_seed + 4)
+        model.latent_density = fit_for_model(model, train.to(trainer.device))
+        model.latent_density.save(run / LATENT_DENSITY)
     if not args.no_eval and splits.test is not None:
         metrics = evaluate(
             trainer.model,
             splits.test.to(trainer.device),
             batch_size=trainer.config.eval_batch_size,
             detailed=True,
+            nll_k=trainer.config.nll_k,
         )
         write_eval(run / ckpt.EVAL, metrics, split="test", source=splits.spec.source)
         print_metrics(metrics)
@@ -283,8 +335,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = ckpt.load(args.run, device=device)
     data, split, source = run_data(args, config)
     metrics = evaluate(
-        model, data.to(device), batch_size=args.batch_size, seed=args.seed, detailed=True
+        model,
+        data.to(device),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        detailed=True,
+        nll_k=args.nll_k,
     )
+    if args.grad_snr:
+        metrics["gradient_snr"] = run_gradient_snr(model, data, args)
+    if args.generation or args.fid_weights:
+        metrics.update(run_generation_metrics(model, data, config, args))
     own = args.data is None and split == "test"
     out = (
         Path(args.out)
@@ -295,6 +356,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print_metrics(metrics)
     print(f"saved: {out}")
     return 0
+
+
+def run_gradient_snr(model: Any, data: TensorData, args: argparse.Namespace) -> dict[str, Any]:
+    from aekit.eval import gradient_snr
+
+    try:
+        ks = [int(k) for k in args.grad_snr.split(",")]
+    except ValueError:
+        raise AekitError(
+            f"--grad-snr takes integers separated by commas (got {args.grad_snr!r})"
+        ) from None
+    if any(k < 1 for k in ks):
+        raise AekitError(f"every k of --grad-snr must be at least 1 (got {args.grad_snr})")
+    batch = data.subset(slice(0, 64)).to(model.device)
+    condition = batch.y if model.conditional else None
+    result = gradient_snr(model, batch.x, ks, repeats=100, condition=condition, seed=args.seed)
+    for k, enc, dec in zip(result["k"], result["encoder_snr"], result["decoder_snr"], strict=True):
+        log.info("gradient SNR at k=%d: encoder %.3g, decoder %.3g", k, enc, dec)
+    return result
+
+
+def run_generation_metrics(
+    model: Any, data: TensorData, config: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    from aekit.eval.generation import TorchScriptFeatures, cached_classifier, generation_metrics
+
+    results: dict[str, Any] = {}
+    if args.generation:
+        if config.get("data") is None:
+            raise AekitError("generation metrics need the run's saved data source for labels")
+        spec = DataConfig.from_dict(config["data"])
+        train = load_data(dataclasses.replace(spec, binarize=False)).train
+        if train.y is None:
+            raise AekitError(
+                f"generation metrics train a classifier on labels; {spec.source} has none"
+            )
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in Path(spec.source).name)
+        classifier = cached_classifier(train.x, train.y, name=name).to(model.device)
+        results.update(generation_metrics(model, data, classifier, seed=args.seed))
+    if args.fid_weights:
+        extractor = TorchScriptFeatures(args.fid_weights, inception=True, device=model.device)
+        results.update(generation_metrics(model, data, extractor=extractor, seed=args.seed))
+    return results
 
 
 def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:
@@ -314,10 +418,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
+    condition = parse_condition(args.condition, model)
     with torch.no_grad():
         x = (
             model.sample(
-                args.n, generator=torch.Generator().manual_seed(args.seed), mean=not args.draw
+                args.n,
+                generator=torch.Generator().manual_seed(args.seed),
+                mean=not args.draw,
+                condition=condition,
             )
             .cpu()
             .numpy()
@@ -330,6 +438,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         print(f"saved: {png.with_suffix('.npy')} (the data are not images, so no PNG)")
     return 0
+
+
+def parse_condition(text: str | None, model: Any) -> torch.Tensor | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise AekitError(
+            f"--condition takes a label or numbers separated by commas (got {text!r})"
+        ) from None
+    if model.config.condition_classes:
+        if len(values) != 1:
+            raise AekitError(f"this model is conditioned on a label; pass one (got {text!r})")
+        return torch.tensor(values[0])
+    return torch.tensor([values])
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

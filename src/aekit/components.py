@@ -51,6 +51,9 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        self._classes.pop(name, None)
+
     def __getitem__(self, name: str) -> type[T]:
         if name not in self._classes:
             raise AekitError(f"unknown {self.what} {name!r}; choose from {', '.join(self.names())}")

@@ -89,3 +89,21 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a missing or corrupt file raises
+    AekitError naming `what` and the path, on one line."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AekitError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split())  # one line, whatever the library says
+        raise AekitError(f"{what} {path} is unreadable or corrupt ({reason})") from None
+    return tensors, metadata

@@ -28,6 +28,8 @@ class Recipe:
     """Option defaults of the recipe (routed to whichever part owns each name)."""
     data: dict[str, Any] = field(default_factory=dict)
     """Data defaults, e.g. dynamic binarisation for a likelihood bound."""
+    conditional: bool = False
+    """Whether the model needs a condition (labels or vectors) for every example."""
 
 
 DEFAULT_KINDS = {
@@ -99,6 +101,86 @@ register_recipe(
 )
 
 
+GAUSSIAN_BOUND = {"bottleneck": "gaussian"}
+TIGHTER = "Rainforth et al. 2018, Tighter variational bounds are not necessarily better"
+for recipe in (
+    Recipe(
+        "iwae",
+        "Importance weighted autoencoder: log-mean-exp of k importance weights (k=5)",
+        "Burda, Grosse & Salakhutdinov 2016, Importance weighted autoencoders",
+        kinds={**GAUSSIAN_BOUND, "objective": "iwae"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "miwae",
+        "Multiply importance weighted AE: the mean of M IWAE bounds of K draws (8 x 8)",
+        TIGHTER,
+        kinds={**GAUSSIAN_BOUND, "objective": "miwae"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "ciwae",
+        "Combination IWAE: beta * ELBO + (1 - beta) * IWAE over the same draws",
+        TIGHTER,
+        kinds={**GAUSSIAN_BOUND, "objective": "ciwae"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "piwae",
+        "Partially IWAE: decoder on the IWAE bound, encoder on MIWAE (two backward passes)",
+        TIGHTER,
+        kinds={**GAUSSIAN_BOUND, "objective": "piwae"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "cvae",
+        "Conditional VAE: encoder and decoder see a label (one-hot) or a conditioning vector",
+        "Sohn, Lee & Yan 2015, Learning structured output representation using deep "
+        "conditional generative models",
+        kinds={**GAUSSIAN_BOUND, "objective": "elbo"},
+        data={"binarize": True},
+        conditional=True,
+    ),
+    Recipe(
+        "hvae",
+        "Two-level VAE: p(z2) p(z1|z2) p(x|z1), learned conditional prior, bottom-up q",
+        "Burda et al. 2016 (two stochastic layers); Rezende et al. 2014, Stochastic "
+        "backpropagation and approximate inference in deep generative models",
+        kinds={"bottleneck": "hierarchical", "objective": "elbo"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "vamp",
+        "VampPrior VAE: p(z) is a mixture of posteriors at 500 learned pseudo-inputs",
+        "Tomczak & Welling 2018, VAE with a VampPrior",
+        kinds={**GAUSSIAN_BOUND, "objective": "elbo"},
+        options={"prior": "vamp"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "rae",
+        "Regularised AE: |z|^2 penalty + decoder gradient penalty; samples from a fitted GMM",
+        "Ghosh et al. 2020, From variational to deterministic autoencoders",
+        kinds={"objective": "rae"},
+    ),
+    Recipe(
+        "wae-mmd",
+        "Wasserstein AE: deterministic code, MMD (IMQ kernel, U-statistic) to the prior",
+        "Tolstikhin et al. 2018, Wasserstein auto-encoders",
+        kinds={"objective": "wae-mmd"},
+        options={"prior": "normal"},
+    ),
+    Recipe(
+        "swae",
+        "Sliced-Wasserstein AE: sliced Wasserstein distance to any samplable prior",
+        "Kolouri et al. 2019, Sliced-Wasserstein autoencoders",
+        kinds={"objective": "swae"},
+        options={"prior": "normal"},
+    ),
+):
+    register_recipe(recipe)
+
+
 def option_owners(kinds: dict[str, str]) -> dict[str, str]:
     """Which part (net, or a slot) owns each option name, for the chosen kinds."""
     owners = {f.name: "net" for f in fields(NetConfig)}
@@ -112,6 +194,9 @@ def option_owners(kinds: dict[str, str]) -> dict[str, str]:
     return owners
 
 
+MODEL_FIELDS = ("condition_classes", "condition_dim")
+
+
 def model_config(
     name: str, input_shape: tuple[int, ...], latent_dim: int | None = None, **options: Any
 ) -> ModelConfig:
@@ -121,6 +206,13 @@ def model_config(
     that owns them; `bottleneck=`, `likelihood=`, `corruption=`, `objective=` change a kind.
     """
     recipe = get_recipe(name)
+    condition = {k: int(options.pop(k)) for k in MODEL_FIELDS if options.get(k)}
+    for k in MODEL_FIELDS:
+        options.pop(k, None)
+    if recipe.conditional and not condition:
+        raise AekitError(
+            f"{name} is conditional: pass condition_classes (labels) or condition_dim (vectors)"
+        )
     kinds = {**DEFAULT_KINDS, **recipe.kinds}
     for slot in SLOTS:
         if options.get(slot) is not None:
@@ -142,6 +234,7 @@ def model_config(
         recipe=name,
         input_shape=tuple(input_shape),
         latent_dim=16 if latent_dim is None else latent_dim,
+        **condition,
         net=make_options(NetConfig, values["net"], "net"),
         **{slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS},
     )
@@ -155,10 +248,16 @@ def build_from_config(
         slot: SLOTS[slot][getattr(config, slot).kind](getattr(config, slot).options, dims)
         for slot in SLOTS
     }
-    if parts["objective"].needs_kl and not parts["bottleneck"].has_prior:
+    objective, bottleneck = parts["objective"], parts["bottleneck"]
+    if objective.needs_density and not bottleneck.has_density:
         raise AekitError(
-            f"objective {config.objective.kind!r} needs a bottleneck with a prior and a KL term; "
-            f"{config.bottleneck.kind!r} has none"
+            f"objective {config.objective.kind!r} needs a stochastic bottleneck with densities "
+            f"q(z|x) and p(z) (gaussian, hierarchical); {config.bottleneck.kind!r} has none"
+        )
+    if objective.needs_prior and not bottleneck.has_prior:
+        raise AekitError(
+            f"objective {config.objective.kind!r} matches the codes to a prior: pass --prior "
+            "(normal, uniform, ring, mixture, ...)"
         )
     if (encoder is None) != (decoder is None):
         raise AekitError("pass both a custom encoder and a custom decoder, or neither")
@@ -169,9 +268,18 @@ def build_from_config(
                 "e.g. aekit.load(run, encoder=..., decoder=...)"
             )
         encoder, decoder = build_networks(
-            config.net, config.input_shape, parts["bottleneck"].in_features, config.latent_dim
+            config.net,
+            config.input_shape,
+            parts["bottleneck"].in_features,
+            config.latent_dim,
+            config.condition_width,
         )
     else:
+        if config.condition_width:
+            raise AekitError(
+                "conditional models use aekit's own networks; custom encoder/decoder modules "
+                "are not supported with a condition"
+            )
         config = dataclasses.replace(config, net=dataclasses.replace(config.net, body="custom"))
         check_custom_networks(encoder, decoder, config, parts["bottleneck"].in_features)
     return Autoencoder(

@@ -1,13 +1,24 @@
-"""The plain autoencoder's bottleneck: the encoder output is the code."""
+"""The deterministic bottleneck: the encoder output is the code. With a `prior`, the code is
+matched to it by WAE/SWAE objectives, and samples are decoded prior draws."""
 
 from __future__ import annotations
 
 import torch
 
-from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput, PriorOptions
+from aekit.components import Dims
+from aekit.errors import AekitError
 
 
 @BOTTLENECKS.register("identity")
 class Identity(Bottleneck):
-    def forward(self, h: torch.Tensor) -> BottleneckOutput:
-        return BottleneckOutput(z=h, code=h)
+    Options = PriorOptions
+
+    def __init__(self, options: PriorOptions, dims: Dims) -> None:
+        if options.prior == "vamp":
+            raise AekitError("the vamp prior needs the gaussian bottleneck (it mixes posteriors)")
+        super().__init__(options, dims)
+
+    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
+        z = h if samples == 1 else h.repeat(samples, 1)
+        return BottleneckOutput(z=z, code=h, samples=samples, prior=self.prior)

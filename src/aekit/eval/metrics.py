@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from aekit.data.tensor_data import TensorData
+from aekit.eval.likelihood import importance_sampled_nll
 from aekit.models.autoencoder import Autoencoder
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -27,6 +28,7 @@ def evaluate(
     batch_size: int = 1000,
     seed: int = 0,
     detailed: bool = False,
+    nll_k: int = 0,
 ) -> dict[str, Any]:
     """Mean of the objective's terms over `data` (schedules at their end), reconstruction
     MSE, and with `detailed`: bits/dim, KL per latent dimension, active units, and the
@@ -39,24 +41,27 @@ def evaluate(
     denoise_err = torch.zeros((), device=device)
     kl_dims = torch.zeros(model.latent_dim, device=device)
     codes = []
+    analytic_kl = False
     corrupting = model.config.corruption.kind != "none"
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for batch in data.batches(batch_size):
             x = batch.x.to(device)
-            out = model(x, step=None, corrupt=False)
+            c = batch.y if model.conditional else None
+            out = model(x, step=None, corrupt=False, condition=c)
             n = x.shape[0]
             for name, value in out.terms.items():
                 sums[name] = sums.get(name, 0.0) + value.to(device) * n
-            mean = model.decode(out.code)
+            mean = model.decode(out.code, c)
             sq_err += (mean - x).pow(2).sum()
             if detailed:
-                if out.bottleneck.kl is not None:
+                analytic_kl = out.bottleneck.kl is not None
+                if analytic_kl:
                     kl_dims += out.bottleneck.kl.sum(0)
                 codes.append(out.code)
                 if corrupting:
-                    denoised = model.decode(model.encode(model.corruption(x)))
+                    denoised = model.reconstruct(model.corruption(x), c)
                     denoise_err += (denoised - x).pow(2).sum()
     model.train(was_training)
     n = len(data)
@@ -67,15 +72,24 @@ def evaluate(
         return results
     results["n"] = n
     if "elbo" in results:
-        results["estimator"] = "ELBO, 1 posterior sample per example, analytic KL"
+        draws = model.objective.samples
+        results["estimator"] = (
+            f"ELBO, {draws} posterior draw{'s' if draws > 1 else ''} per example, "
+            f"{'analytic' if analytic_kl else 'Monte-Carlo'} KL"
+        )
         if model.config.likelihood.kind == "bernoulli":
             results["bits_per_dim"] = -results["elbo"] / (dims * math.log(2))
+    if "bound" in results:
+        kind = model.config.objective.kind
+        results["bound_estimator"] = f"{kind} bound of the training objective"
     if corrupting:
         results["denoise_mse"] = float(denoise_err) / (n * dims)
     z = torch.cat(codes)
-    if model.has_prior:
+    if analytic_kl:
         results["kl_per_dim"] = (kl_dims / n).tolist()
     variance = z.var(0, unbiased=True) if n > 1 else torch.zeros(model.latent_dim)
     results["code_variance"] = variance.tolist()
     results["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+    if nll_k > 0 and model.bottleneck.has_density:
+        results.update(importance_sampled_nll(model, data, k=nll_k, seed=seed))
     return results

@@ -43,6 +43,10 @@ class ModelConfig:
     recipe: str
     input_shape: tuple[int, ...]
     latent_dim: int = 16
+    condition_classes: int = 0
+    """Conditional models: labels 0..classes-1, fed one-hot to encoder and decoder (CVAE)."""
+    condition_dim: int = 0
+    """Conditional models on real vectors of this width (0 with condition_classes)."""
     net: NetConfig = field(default_factory=NetConfig)
     bottleneck: Component = field(
         default_factory=lambda: Component.create("bottleneck", "identity")
@@ -62,12 +66,23 @@ class ModelConfig:
         if int(self.latent_dim) < 1:
             raise AekitError(f"latent_dim must be at least 1 (got {self.latent_dim})")
         self.latent_dim = int(self.latent_dim)
+        if self.condition_classes < 0 or self.condition_dim < 0:
+            raise AekitError("condition_classes and condition_dim must be non-negative")
+        if self.condition_classes and self.condition_dim:
+            raise AekitError("condition on labels (condition_classes) or vectors, not both")
+
+    @property
+    def condition_width(self) -> int:
+        """Width of the conditioning vector the networks take (0: unconditional)."""
+        return self.condition_classes or self.condition_dim
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "recipe": self.recipe,
             "input_shape": list(self.input_shape),
             "latent_dim": self.latent_dim,
+            "condition_classes": self.condition_classes,
+            "condition_dim": self.condition_dim,
             "net": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.net).items()},
         }
         for slot in SLOTS:

@@ -32,17 +32,25 @@ def resolve_body(net: NetConfig, input_shape: tuple[int, ...]) -> str:
 
 
 def build_networks(
-    net: NetConfig, input_shape: tuple[int, ...], in_features: int, latent_dim: int
+    net: NetConfig,
+    input_shape: tuple[int, ...],
+    in_features: int,
+    latent_dim: int,
+    condition_dim: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """An encoder x -> (B, in_features) and a decoder z -> (B, *input_shape)."""
+    """An encoder (x[, condition]) -> (B, in_features) and a decoder [z, condition] ->
+    (B, *input_shape); the decoder's input is z with the condition concatenated."""
     body = resolve_body(net, input_shape)
     hidden = net.hidden if net.hidden is not None else DEFAULT_HIDDEN[body]
+    z_width = latent_dim + condition_dim
     if body == "mlp":
-        encoder = MLPEncoder(input_shape, hidden, in_features, net.activation)
-        decoder = MLPDecoder(latent_dim, hidden, input_shape, net.activation)
+        encoder = MLPEncoder(input_shape, hidden, in_features, net.activation, condition_dim)
+        decoder = MLPDecoder(z_width, hidden, input_shape, net.activation)
     else:
-        encoder = ConvEncoder(input_shape, net.channels, hidden, in_features, net.activation)
+        encoder = ConvEncoder(
+            input_shape, net.channels, hidden, in_features, net.activation, condition_dim
+        )
         decoder = ConvDecoder(
-            latent_dim, net.channels, hidden, input_shape, net.activation, net.upsample
+            z_width, net.channels, hidden, input_shape, net.activation, net.upsample
         )
     return encoder, decoder

@@ -30,6 +30,7 @@ class ConvEncoder(nn.Module):
         hidden: tuple[int, ...],
         out_features: int,
         act: str,
+        condition_dim: int = 0,
     ) -> None:
         super().__init__()
         c_in, h, w = input_shape
@@ -39,10 +40,12 @@ class ConvEncoder(nn.Module):
             c_in = c_out
         self.convs = nn.Sequential(*layers)
         h_last, w_last = stage_sizes((h, w), len(channels))[-1]
-        self.head = mlp([c_in * h_last * w_last, *hidden, out_features], act)
+        # A conditioning vector joins the flattened conv features, before the dense layers.
+        self.head = mlp([c_in * h_last * w_last + condition_dim, *hidden, out_features], act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.convs(x).flatten(1))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.convs(x).flatten(1)
+        return self.head(h if condition is None else torch.cat([h, condition], 1))
 
 
 class ConvDecoder(nn.Module):

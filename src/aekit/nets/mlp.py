@@ -31,14 +31,22 @@ def mlp(widths: list[int], act: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
+    """x (flattened), with a conditioning vector appended when there is one, -> features."""
+
     def __init__(
-        self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_features: int, act: str
+        self,
+        input_shape: tuple[int, ...],
+        hidden: tuple[int, ...],
+        out_features: int,
+        act: str,
+        condition_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.net = mlp([math.prod(input_shape), *hidden, out_features], act)
+        self.net = mlp([math.prod(input_shape) + condition_dim, *hidden, out_features], act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.net(x if condition is None else torch.cat([x, condition], 1))
 
 
 class MLPDecoder(nn.Module):

@@ -70,6 +70,22 @@ def _require_images(model: Autoencoder, what: str) -> None:
         )
 
 
+def _scatter_by_label(ax: Any, coords: np.ndarray, y: torch.Tensor | None) -> None:
+    """Points (N, 2), one colour per class when there are at most 20 labels, a colour scale
+    beyond that, and one colour without labels."""
+    labels = None if y is None else y[: len(coords)].cpu().numpy()
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
+    elif len(np.unique(labels)) <= 20:
+        for label in np.unique(labels):
+            c = coords[labels == label]
+            ax.scatter(c[:, 0], c[:, 1], s=4, alpha=0.6, label=str(label))
+        ax.legend(title="class", markerscale=3, fontsize="small", loc="best")
+    else:
+        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels, s=4, cmap="viridis")
+        ax.figure.colorbar(points, ax=ax, label="class")
+
+
 def curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Train and validation curves per epoch: the loss, and the ELBO, KL and NLL when the
     history records them, one panel each."""
@@ -99,9 +115,15 @@ def kl_per_dim(values: Sequence[float], path: str | Path) -> Path:
 
 
 def reconstructions(
-    model: Autoencoder, x: torch.Tensor, path: str | Path, n: int = 16, per_row: int = 8
+    model: Autoencoder,
+    x: torch.Tensor,
+    path: str | Path,
+    n: int = 16,
+    per_row: int = 8,
+    condition: torch.Tensor | None = None,
 ) -> Path:
-    """Rows of inputs, each above the row of their reconstructions."""
+    """Rows of inputs, each above the row of their reconstructions (a conditional model
+    reconstructs each example under its own `condition`)."""
     _require_images(model, "reconstructions")
     n = min(n, len(x))
     per_row = min(per_row, n)
@@ -110,7 +132,10 @@ def reconstructions(
         raise AekitError("no examples to reconstruct")
     x = x[:n]
     with _inference(model):
-        r = _batched(model.reconstruct, x, model.device)
+        if condition is None:
+            r = _batched(model.reconstruct, x, model.device)
+        else:
+            r = model.reconstruct(x.to(model.device), condition[:n]).cpu()
     rows = torch.stack(
         [x.cpu().float().view(-1, per_row, *x.shape[1:]), r.view(-1, per_row, *x.shape[1:])], 1
     )
@@ -118,12 +143,20 @@ def reconstructions(
 
 
 def samples(model: Autoencoder, path: str | Path, n: int = 64, seed: int = 0) -> Path:
-    """Decoded draws from the prior, E[x|z] for z ~ p(z)."""
+    """Decoded draws from the prior (or the fitted latent density), E[x|z]; for a
+    label-conditioned model one row per class."""
     _require_images(model, "samples")
-    if not model.has_prior:
-        raise AekitError(f"the {model.config.bottleneck.kind!r} bottleneck has no prior to sample")
+    generator = torch.Generator().manual_seed(seed)
+    classes = model.config.condition_classes
+    if model.conditional and not classes:
+        raise AekitError("samples of a vector-conditioned model need chosen conditions")
     with _inference(model):
-        x = model.sample(n, generator=torch.Generator().manual_seed(seed))
+        if classes:
+            per_class = max(1, n // classes)
+            labels = torch.arange(classes).repeat_interleave(per_class)
+            x = model.sample(len(labels), generator=generator, condition=labels)
+            return save_png(path, image_grid(x, nrow=per_class))
+        x = model.sample(n, generator=generator)
     return save_png(path, image_grid(x))
 
 
@@ -170,20 +203,122 @@ def latent_pca(
     total = z.var(0).sum()
     share = coords.var(0) / total if total > 0 else np.zeros(2)
     with _figure(path, size=(5.5, 4.5)) as (ax,):
-        labels = None if y is None else y[: len(coords)].cpu().numpy()
-        if labels is None:
-            ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
-        elif len(np.unique(labels)) <= 20:
-            for label in np.unique(labels):
-                c = coords[labels == label]
-                ax.scatter(c[:, 0], c[:, 1], s=4, alpha=0.6, label=str(label))
-            ax.legend(title="class", markerscale=3, fontsize="small", loc="best")
-        else:
-            points = ax.scatter(coords[:, 0], coords[:, 1], c=labels, s=4, cmap="viridis")
-            ax.figure.colorbar(points, ax=ax, label="class")
+        _scatter_by_label(ax, coords, y)
         ax.set(
             xlabel=f"{names[0]} ({share[0]:.1%} of variance)",
             ylabel=f"{names[1]} ({share[1]:.1%} of variance)",
             title="latent codes",
         )
+    return path
+
+
+INTERPOLATIONS = ("linear", "spherical")
+
+
+def interpolate(
+    a: torch.Tensor, b: torch.Tensor, steps: int, method: str = "linear"
+) -> torch.Tensor:
+    """Points from rows of a (P, D) to rows of b (P, D), ends included: (P, steps, D).
+
+    "spherical" (slerp, Shoemake 1985; White 2016 for generative models) follows the great
+    circle and keeps the norm between those of the ends, so under a standard-normal prior
+    the path stays where codes are typical instead of cutting through the low-density
+    centre; pairs at (nearly) zero angle, or with a zero code, fall back to linear."""
+    if method not in INTERPOLATIONS:
+        raise AekitError(
+            f"interpolation must be one of {', '.join(INTERPOLATIONS)} (got {method!r})"
+        )
+    if steps < 2:
+        raise AekitError(f"interpolation needs at least 2 steps (got {steps})")
+    t = torch.linspace(0, 1, steps, dtype=torch.float64).view(1, steps, 1)
+    a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)
+    linear = (1 - t) * a + t * b
+    if method == "linear":
+        return linear.float()
+    norms = a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)
+    cos = ((a * b).sum(-1, keepdim=True) / norms.clamp_min(1e-12)).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    safe = sin.clamp_min(1e-6)
+    slerp = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
+    degenerate = (sin < 1e-6) | (norms < 1e-12)
+    return torch.where(degenerate, linear, slerp).float()
+
+
+def interpolation(
+    model: Autoencoder,
+    x: torch.Tensor,
+    path: str | Path,
+    pairs: int = 4,
+    steps: int = 8,
+    method: str = "linear",
+) -> Path:
+    """One row per pair of consecutive examples of x (x[0] with x[1], x[2] with x[3], ...):
+    the first input, E[x|z] along the path between their codes (`steps` points, ends
+    included), then the second input."""
+    _require_images(model, "interpolation")
+    path = Path(path)
+    pairs = min(pairs, len(x) // 2)
+    if pairs < 1:
+        raise AekitError(f"interpolation needs at least 2 examples (got {len(x)})")
+    ends = x[: 2 * pairs].cpu().float()
+    with _inference(model):
+        z = _codes(model, ends)
+        path_z = interpolate(z[0::2], z[1::2], steps, method)
+        decoded = _batched(model.decode, path_z.reshape(-1, model.latent_dim), model.device)
+    decoded = decoded.view(pairs, steps, *ends.shape[1:])
+    rows = torch.cat([ends[0::2].unsqueeze(1), decoded, ends[1::2].unsqueeze(1)], 1)
+    grid = image_grid(rows.reshape(-1, *ends.shape[1:]), nrow=steps + 2)
+    pitch = (grid.shape[1] - 1) / (steps + 2)
+    ticks = ["A", *(f"{t:.2g}" for t in np.linspace(0, 1, steps)), "B"]
+    with _figure(path, size=(7.0, 7.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([pitch * (i + 0.5) for i in range(steps + 2)], ticks, fontsize="small")
+        ax.set_yticks([])
+        ax.set_xlabel(f"inputs A and B; between them {method} interpolation of their codes, t")
+    return path
+
+
+def prior_latents(model: Autoencoder, n: int, seed: int = 0) -> torch.Tensor | None:
+    """n draws (n, latent_dim) on the CPU from the model's p(z), or from its fitted latent
+    density where it has one; None when it has neither."""
+    generator = torch.Generator().manual_seed(seed)
+    sample_latents = getattr(model, "sample_latents", None)
+    try:
+        if sample_latents is not None:
+            return sample_latents(n, generator=generator).cpu()
+        # Models without sample_latents (older code) can only offer the bottleneck's prior.
+        return model.bottleneck.sample_prior(n, device="cpu", generator=generator)
+    except AekitError:
+        return None
+
+
+def prior_vs_posterior(
+    model: Autoencoder,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    prior: torch.Tensor | None,
+    path: str | Path,
+    prior_label: str = "prior p(z)",
+) -> Path:
+    """For 2-D latents: the codes of x (the aggregate posterior, through the posterior
+    means), coloured by label y when given, over grey draws `prior` (N, 2) from the prior
+    when given. Where the two clouds differ, decoded prior samples look unlike the data."""
+    if model.latent_dim != 2:
+        raise AekitError(f"the prior/posterior scatter needs latent_dim 2 (got {model.latent_dim})")
+    path = Path(path)
+    with _inference(model):
+        z = _codes(model, x).double().numpy()
+    with _figure(path, size=(5.5, 4.5)) as (ax,):
+        if prior is not None:
+            p = prior.detach().cpu().double().numpy()
+            ax.scatter(p[:, 0], p[:, 1], s=4, c="0.7", alpha=0.5, label=prior_label, zorder=0)
+        _scatter_by_label(ax, z, y)
+        if prior is not None and ax.get_legend() is None:  # no class legend to carry it
+            ax.legend(markerscale=3, fontsize="small", loc="best")
+        ax.set_aspect("equal", adjustable="datalim")
+        title = "codes of test examples" + (
+            f" over {prior_label} (grey)" if prior is not None else ""
+        )
+        ax.set(xlabel="z0", ylabel="z1", title=title)
     return path

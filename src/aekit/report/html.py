@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from aekit.data.config import DataConfig
 from aekit.data.tensor_data import Splits, TensorData
@@ -20,15 +23,34 @@ from aekit.train.checkpoint import EVAL, METRICS, REPORT, load, read_config
 
 FIGURES = "figures"
 LAST_EPOCHS = 10
+INTERPOLATION_PAIRS = 4
+INTERPOLATION_STEPS = 8
+COLLAPSE_ACTIVE_FRACTION = 0.5
+"""Warn of posterior collapse when fewer than this fraction of the latent dimensions are
+active (see ACTIVE_UNIT_THRESHOLD) ..."""
+COLLAPSE_KL_NATS = 0.01
+"""... or when some dimension's test KL is below this many nats: it carries almost no
+information about x, so the decoder learns to ignore it."""
 SLOTS = ("bottleneck", "likelihood", "corruption", "objective")
 CAPTIONS = {
     "curves": "Training curves per epoch.",
     "kl_per_dim": "Test KL per latent dimension (nats).",
     "reconstructions": "Test inputs (rows 1, 3, ...) above their reconstructions E[x|z].",
-    "samples": "Decoded samples from the prior, E[x|z] for z ~ p(z).",
+    "samples": "Decoded samples, E[x|z] for z from the prior p(z) or, for models without one, "
+    "from the Gaussian mixture fitted on the training codes; one row per class for "
+    "label-conditioned models.",
     "traversal": "Latent traversals: one row per dimension, the most active first.",
     "latent_pca": "Codes of test examples in two dimensions.",
+    "interpolation": "Interpolation between pairs of test inputs A and B (first and last "
+    "columns): E[x|z] along the {method} path between their codes, ends included.",
+    "prior_posterior": "The aggregate posterior over the prior: posterior means (codes) of "
+    "{n} test examples, coloured by class where the data has labels, over {n} grey draws from "
+    "{prior}. Where the two clouds differ, samples decoded from the prior look unlike the data.",
+    "posterior_only": "The aggregate posterior: posterior means (codes) of {n} test examples, "
+    "coloured by class where the data has labels. The model has no prior and no fitted latent "
+    "density, so no prior draws are shown.",
 }
+"""Captions by figure; some are templates filled in when the figure is drawn."""
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; }
@@ -112,6 +134,47 @@ def _data_section(
     return "<h2>Data</h2>" + "".join(_box("note", n) for n in notes) + body
 
 
+def _has_kl_term(model: Autoencoder, metrics: dict[str, Any]) -> bool:
+    """Whether the model's objective has a KL to the prior, so that collapse can happen."""
+    return "kl" in metrics or "kl_per_dim" in metrics or model.bottleneck.has_density
+
+
+def collapse_warning(metrics: dict[str, Any], latent_dim: int, has_kl: bool) -> str | None:
+    """The posterior-collapse warning for the test metrics of a model with a KL term, or None.
+
+    It fires when fewer than COLLAPSE_ACTIVE_FRACTION of the latent dimensions are active
+    (`active_units`) or when some dimension's KL (`kl_per_dim`) is below COLLAPSE_KL_NATS;
+    those dimensions carry (almost) no information about x, so the decoder ignores them.
+    """
+    if not has_kl:
+        return None
+    active = metrics.get("active_units")
+    kl = metrics.get("kl_per_dim") or []
+    dims = len(kl) or latent_dim
+    collapsed = [j for j, v in enumerate(kl) if v < COLLAPSE_KL_NATS]
+    few_active = isinstance(active, int) and active < COLLAPSE_ACTIVE_FRACTION * dims
+    if not few_active and not collapsed:
+        return None
+    findings = []
+    if isinstance(active, int) and active < dims:
+        findings.append(
+            f"{dims - active} of the {dims} latent dimensions are inactive (variance of the "
+            f"posterior means over the test set at most {ACTIVE_UNIT_THRESHOLD})"
+        )
+    if collapsed:
+        shown = ", ".join(f"z{j}" for j in collapsed[:10]) + (
+            ", ..." if len(collapsed) > 10 else ""
+        )
+        findings.append(
+            f"{len(collapsed)} of the {dims} have a test KL below {COLLAPSE_KL_NATS} nats ({shown})"
+        )
+    return (
+        f"Posterior collapse: {'; '.join(findings)}, so the decoder ignores them. "
+        "Usual remedies: KL warm-up (--kl-warmup-steps), free bits (--free-bits), or a "
+        "smaller latent_dim (--latent-dim)."
+    )
+
+
 def _eval_section(evaluation: dict[str, Any] | None) -> str:
     if not evaluation:
         return "<h2>Test metrics</h2>" + _box("note", f"no {EVAL} in this run (run aekit eval)")
@@ -143,10 +206,10 @@ def _history_section(history: list[dict[str, Any]]) -> str:
     )
 
 
-def _figure_html(name: str) -> str:
+def _figure_html(name: str, caption: str) -> str:
     return (
         f'<figure><img src="{FIGURES}/{name}.png" alt="{html.escape(name)}">'
-        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 
 
@@ -183,6 +246,17 @@ def _pick(splits: Splits) -> tuple[str, TensorData] | None:
     return None
 
 
+def _prior_posterior_caption(model: Autoencoder, prior: torch.Tensor | None, n: int) -> str:
+    if prior is None:
+        return CAPTIONS["posterior_only"].format(n=n)
+    return CAPTIONS["prior_posterior"].format(n=n, prior=_prior_source(model))
+
+
+def _prior_source(model: Autoencoder) -> str:
+    # A model without p(z) that still gives draws has them from a fitted latent density.
+    return "the prior p(z)" if model.has_prior else "the fitted latent density"
+
+
 def _make_figures(
     model: Autoencoder,
     history: list[dict[str, Any]],
@@ -190,32 +264,60 @@ def _make_figures(
     data: TensorData | None,
     folder: Path,
     notes: list[str],
-) -> list[str]:
-    """Write the figures that apply; their names, in page order."""
-    made = []
+) -> dict[str, str]:
+    """Write the figures that apply; their captions by name, in page order."""
+    made = {}
     if history:
         figures.curves(history, folder / "curves.png")
-        made.append("curves")
+        made["curves"] = CAPTIONS["curves"]
     kl = (evaluation or {}).get("metrics", {}).get("kl_per_dim")
     if kl:
         figures.kl_per_dim(kl, folder / "kl_per_dim.png")
-        made.append("kl_per_dim")
+        made["kl_per_dim"] = CAPTIONS["kl_per_dim"]
     images = is_image_shape(model.input_shape)
-    if images and model.has_prior:
+    if images and (model.has_prior or model.latent_density is not None):
         figures.samples(model, folder / "samples.png")
-        made.append("samples")
+        made["samples"] = CAPTIONS["samples"]
     if data is None:
         return made
     x = data.x[: figures.MAX_EXAMPLES]
-    try:
-        if images:
-            figures.reconstructions(model, x, folder / "reconstructions.png")
-            figures.traversal(model, x, folder / "traversal.png")
-            made += ["reconstructions", "traversal"]
-        figures.latent_pca(model, x, data.y, folder / "latent_pca.png")
-        made.append("latent_pca")
-    except AekitError as e:
-        notes.append(f"Some data figures are missing: {e}.")
+    if model.conditional:
+        if images and data.y is not None:
+            y = data.y[: figures.MAX_EXAMPLES]
+            figures.reconstructions(model, x, folder / "reconstructions.png", condition=y)
+            made["reconstructions"] = CAPTIONS["reconstructions"]
+        notes.append(
+            "Latent traversals, interpolations and latent scatter plots are not drawn for "
+            "conditional models (each would need a choice of condition)."
+        )
+        return made
+    # Spherical paths stay where codes under a standard-normal prior are typical; without
+    # such a prior there is no reason to prefer them over straight lines.
+    method = "spherical" if model.has_prior else "linear"
+    captions = dict(CAPTIONS, interpolation=CAPTIONS["interpolation"].format(method=method))
+    drawers: dict[str, Callable[[Path], Path]] = {}
+    if images:
+        drawers["reconstructions"] = lambda path: figures.reconstructions(model, x, path)
+        drawers["traversal"] = lambda path: figures.traversal(model, x, path)
+        if len(x) >= 2:  # a pair of examples to interpolate between
+            drawers["interpolation"] = lambda path: figures.interpolation(
+                model, x, path, INTERPOLATION_PAIRS, INTERPOLATION_STEPS, method
+            )
+    drawers["latent_pca"] = lambda path: figures.latent_pca(model, x, data.y, path)
+    if model.latent_dim == 2:
+        prior = figures.prior_latents(model, len(x))
+        captions["prior_posterior"] = _prior_posterior_caption(model, prior, len(x))
+        drawers["prior_posterior"] = lambda path: figures.prior_vs_posterior(
+            model, x, data.y, prior, path, prior_label=_prior_source(model)
+        )
+    for name, draw in drawers.items():
+        # One figure failing (e.g. a degenerate test split) should not take the others along.
+        try:
+            draw(folder / f"{name}.png")
+        except AekitError as e:
+            notes.append(f"Some data figures are missing: {e}.")
+            continue
+        made[name] = captions[name]
     return made
 
 
@@ -238,19 +340,14 @@ def build_report(
         model, history, evaluation, picked[1] if picked else None, run_dir / FIGURES, notes
     )
 
-    warnings = []
     metrics = (evaluation or {}).get("metrics", {})
-    if model.has_prior and metrics.get("active_units") == 0:
-        warnings.append(
-            f"Posterior collapse: no latent dimension is active (variance of the posterior "
-            f"means over the test set is at most {ACTIVE_UNIT_THRESHOLD} in all "
-            f"{model.latent_dim} dimensions), so the decoder ignores z."
-        )
+    collapse = collapse_warning(metrics, model.latent_dim, _has_kl_term(model, metrics))
+    warnings = [collapse] if collapse else []
     spec = config.get("data") or (splits.spec.to_dict() if splits is not None else None)
     title = f"{config['model']['recipe']} — {run_dir.resolve().name}"
 
     def figure(name: str) -> str:
-        return _figure_html(name) if name in made else ""
+        return _figure_html(name, made[name]) if name in made else ""
 
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -266,7 +363,17 @@ def build_report(
         _history_section(history),
         figure("curves"),
         "<h2>Figures</h2>",
-        *(figure(name) for name in ("reconstructions", "samples", "traversal", "latent_pca")),
+        *(
+            figure(name)
+            for name in (
+                "reconstructions",
+                "samples",
+                "traversal",
+                "interpolation",
+                "latent_pca",
+                "prior_posterior",
+            )
+        ),
         "</body></html>\n",
     ]
     path = run_dir / REPORT

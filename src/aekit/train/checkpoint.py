@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from aekit.errors import AekitError
-from aekit.io import atomic_path, atomic_write_json, read_json
+from aekit.io import atomic_path, atomic_write_json, read_json, read_safetensors
 from aekit.version import __version__
 
 CONFIG = "config.json"
@@ -29,18 +28,6 @@ REPORT = "report.html"
 def _cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage; a clone per tensor is cheap insurance.
     return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
-def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise AekitError(f"{what} not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AekitError(f"{what} {path} is unreadable or corrupt ({e})") from None
-    return tensors, metadata
 
 
 def save_weights(path: str | Path, model: nn.Module) -> None:
@@ -70,7 +57,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return _read_safetensors(Path(path), "weights file")[0]
+    return read_safetensors(Path(path), "weights file")[0]
 
 
 def load_weights(path: str | Path, model: nn.Module) -> None:
@@ -108,7 +95,7 @@ def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     path = Path(path)
-    tensors, metadata = _read_safetensors(path, "checkpoint")
+    tensors, metadata = read_safetensors(path, "checkpoint")
     if metadata.get("format") != "aekit-checkpoint":
         raise AekitError(f"{path} is not an aekit checkpoint")
     model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -158,6 +145,7 @@ def load(
 ) -> nn.Module:
     """The trained model of a run directory (`checkpoint="last"` for the latest epoch rather
     than the best validation loss), in eval mode."""
+    from aekit.latent_density import LATENT_DENSITY, LatentGMM
     from aekit.models.config import ModelConfig
     from aekit.registry import build_from_config
 
@@ -167,10 +155,12 @@ def load(
     if checkpoint == "best":
         load_weights(run / WEIGHTS, model)
     elif checkpoint == "last":
-        tensors, _ = _read_safetensors(run / LAST, "checkpoint")
+        tensors, _ = read_safetensors(run / LAST, "checkpoint")
         load_state(
             model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, run / LAST
         )
     else:
         raise AekitError(f"checkpoint must be best or last (got {checkpoint!r})")
+    if (run / LATENT_DENSITY).is_file():
+        model.latent_density = LatentGMM.load(run / LATENT_DENSITY)
     return model.to(device).eval()

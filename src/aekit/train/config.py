@@ -36,6 +36,8 @@ class TrainConfig(SavedConfig):
     """`cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when available)."""
     eval_batch_size: int = 1000
     """Examples per batch in validation and evaluation."""
+    nll_k: int = 100
+    """Importance samples per example of the test -log p(x) after training (0: skip)."""
     out: str | None = None
     """Run directory (config, weights, checkpoints, metrics, report); None: keep nothing on disk."""
     progress: bool = True
@@ -50,7 +52,9 @@ class TrainConfig(SavedConfig):
                 raise AekitError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise AekitError(f"lr must be positive (got {self.lr})")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio"):
+        for name in (
+            "weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio", "nll_k"
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")
         if self.optimizer not in ("adam", "adamw"):

@@ -107,6 +107,10 @@ class Trainer:
         if self.train_data is None or len(self.train_data) == 0:
             raise AekitError("the training data is empty")
         for data in (self.train_data, self.val_data):
+            if data is not None and model.conditional and data.y is None:
+                raise AekitError(
+                    f"the model is conditional but the {data.name} has no labels/conditions"
+                )
             if data is not None and len(data) > 0:
                 model.check_input(data.x[:1])
                 model.likelihood.check_data(data.x, data.name)
@@ -250,6 +254,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         check_every = 1 if self.device.type == "cpu" else 25
+        cond = model.conditional
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.epochs}",
@@ -266,11 +271,11 @@ class Trainer:
                 lr = learning_rate(self.state.step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = model(batch.x, step=self.state.step)
+                out = model(batch.x, step=self.state.step, condition=batch.y if cond else None)
                 if (i + 1) % check_every == 0 and not torch.isfinite(out.loss):
                     self._diverged(epoch, out.terms)
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                model.backward(out)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()

@@ -1,0 +1,244 @@
+"""Priors p(z): what a VAE's KL pulls the posterior towards, what WAE/SWAE match the encoded
+batch to, and what `sample` draws from.
+
+A prior can always be sampled; `log_prob` exists where the density does (VAE-style
+bottlenecks need it, matching objectives only need samples). Register your own with
+`@PRIORS.register("name")`, or wrap a sampling function with `prior_from_sampler`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from aekit.components import Dims, Registry
+from aekit.errors import AekitError
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def diagonal_normal_log_prob(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+class Prior(nn.Module, ABC):
+    has_density = True
+    """Whether `log_prob` is defined (needed for KL terms and likelihood estimates)."""
+    full_support = True
+    """Whether the density is positive everywhere, so a Gaussian posterior has a finite KL."""
+
+    def __init__(self, dims: Dims, components: int = 0) -> None:
+        super().__init__()
+        self.latent_dim = dims.latent_dim
+        self._variance: float | None = None
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws, (n, latent_dim), on the prior's device."""
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) over the last dimension of z (..., latent_dim)."""
+        raise AekitError(
+            f"the {self.kind!r} prior has no density; it can be matched (WAE, SWAE) "  # type: ignore[attr-defined]
+            "and sampled but not used in a KL term or a likelihood"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        for t in [*self.parameters(), *self.buffers()]:
+            return t.device
+        return torch.device("cpu")
+
+    def variance(self) -> float:
+        """Mean per-dimension variance, from 20,000 draws with a fixed seed (kernel scales)."""
+        if self._variance is None:
+            with torch.no_grad():
+                draws = self.sample(20_000, torch.Generator().manual_seed(0))
+            self._variance = float(draws.var(0).mean())
+        return self._variance
+
+
+PRIORS: Registry[Prior] = Registry("prior")
+
+
+def _normal(n: int, d: int, generator: torch.Generator | None, device: torch.device):
+    # Drawn on the CPU so that a seeded CPU generator gives the same draws on any device.
+    return torch.randn(n, d, generator=generator).to(device)
+
+
+@PRIORS.register("normal")
+class StandardNormal(Prior):
+    """N(0, I)."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return _normal(n, self.latent_dim, generator, self.device)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+    def variance(self) -> float:
+        return 1.0
+
+
+@PRIORS.register("uniform")
+class Uniform(Prior):
+    """Uniform on the cube [-1, 1]^D."""
+
+    full_support = False
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(n, self.latent_dim, generator=generator).to(self.device)
+        return 2 * u - 1
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        inside = (z.abs() <= 1).all(-1)
+        density = -self.latent_dim * math.log(2.0)
+        return torch.where(inside, density, -math.inf).to(z.dtype)
+
+    def variance(self) -> float:
+        return 1.0 / 3.0
+
+
+RING_WIDTH = 0.05
+
+
+@PRIORS.register("ring")
+class Ring(Prior):
+    """A thin shell around the unit sphere: uniform direction, radius N(1, 0.05^2).
+    In two dimensions this is the ring/circle of the SWAE paper."""
+
+    has_density = False
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        direction = _normal(n, self.latent_dim, generator, self.device)
+        direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        radius = 1 + RING_WIDTH * _normal(n, 1, generator, self.device)
+        return direction * radius
+
+
+@PRIORS.register("mixture")
+class GaussianMixture(Prior):
+    """A fixed mixture of `components` (default 10) equally weighted Gaussians with means on a
+    circle of radius 2 in the first two latent dimensions and standard deviation 0.25: the
+    clustered target of the SWAE and WAE demonstrations."""
+
+    radius, scale = 2.0, 0.25
+
+    def __init__(self, dims: Dims, components: int = 0) -> None:
+        super().__init__(dims, components)
+        k = components or 10
+        means = torch.zeros(k, self.latent_dim)
+        angles = 2 * math.pi * torch.arange(k) / k
+        means[:, 0] = self.radius * torch.cos(angles)
+        if self.latent_dim > 1:
+            means[:, 1] = self.radius * torch.sin(angles)
+        self.register_buffer("means", means, persistent=False)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = self.means.shape[0]
+        which = torch.randint(k, (n,), generator=generator).to(self.device)
+        noise = _normal(n, self.latent_dim, generator, self.device)
+        return self.means[which] + self.scale * noise
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        logvar = torch.full_like(self.means, 2 * math.log(self.scale))
+        return mixture_log_prob(z, self.means, logvar)
+
+
+def mixture_log_prob(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k N(z; means_k, diag(exp(logvars_k))) for z (..., D), means (K, D).
+
+    Expanded as quadratic forms so that memory is (N, K), not (N, K, D): the likelihood
+    estimator evaluates millions of z against hundreds of components."""
+    shape = z.shape[:-1]
+    flat = z.reshape(-1, z.shape[-1])
+    precision = torch.exp(-logvars)  # (K, D)
+    quad = (
+        flat.pow(2) @ precision.T
+        - 2 * flat @ (means * precision).T
+        + (means.pow(2) * precision).sum(1)
+    )
+    log_norm = -0.5 * (means.shape[1] * LOG_2PI + logvars.sum(1))  # (K,)
+    log_components = log_norm - 0.5 * quad  # (N, K)
+    out = torch.logsumexp(log_components, dim=1) - math.log(means.shape[0])
+    return out.reshape(shape)
+
+
+PosteriorFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), a mixture of the
+    variational posteriors at K learned pseudo-inputs u_k (default K = 500, initialised
+    N(0.05, 0.01^2) as in the paper's binary-image experiments).
+
+    The prior runs the encoder, so the model attaches its posterior function after
+    construction (`attach`); the encoder's weights are not registered twice."""
+
+    def __init__(self, dims: Dims, components: int = 0) -> None:
+        super().__init__(dims, components)
+        k = components or 500
+        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(k, *dims.input_shape))
+        self._posterior: list[PosteriorFn] = []  # a list keeps it out of nn.Module's registry
+
+    def attach(self, posterior: PosteriorFn) -> None:
+        self._posterior[:] = [posterior]
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._posterior:
+            raise AekitError("the VampPrior is not attached to an encoder yet")
+        return self._posterior[0](self.pseudo_inputs)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        mu, logvar = self.components()
+        which = torch.randint(mu.shape[0], (n,), generator=generator).to(mu.device)
+        eps = _normal(n, self.latent_dim, generator, mu.device)
+        return mu[which] + (0.5 * logvar[which]).exp() * eps
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.components()
+        return mixture_log_prob(z, mu, logvar)
+
+    def variance(self) -> float:
+        with torch.no_grad():
+            return super().variance()
+
+
+def make_prior(name: str, dims: Dims, components: int = 0) -> Prior:
+    return PRIORS[name](dims, components)
+
+
+def prior_from_sampler(
+    name: str, sampler: Callable[[int, torch.Generator | None], torch.Tensor]
+) -> type[Prior]:
+    """Register a prior known only by a sampling function `sampler(n, generator) -> (n, D)`
+    (for WAE and SWAE). Register it again under the same name before loading a saved run."""
+
+    class SampledPrior(Prior):
+        has_density = False
+
+        def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+            z = torch.as_tensor(sampler(n, generator), dtype=torch.float32)
+            if tuple(z.shape) != (n, self.latent_dim):
+                raise AekitError(
+                    f"prior {name!r} returned shape {tuple(z.shape)} for n={n}; "
+                    f"expected ({n}, {self.latent_dim})"
+                )
+            return z.to(self.device)
+
+    SampledPrior.__name__ = f"SampledPrior[{name}]"
+    PRIORS.unregister(name)  # re-registering (e.g. before loading a run) replaces it
+    return PRIORS.register(name)(SampledPrior)
+
+
+def prior_summary(prior: Prior) -> dict[str, Any]:
+    return {"prior": prior.kind, "has_density": prior.has_density}  # type: ignore[attr-defined]
