@@ -8,13 +8,15 @@ model = aekit.load("runs/vae")
 
 from aekit.data import DataConfig, TensorData, load_data
 from aekit.errors import AekitError, TrainingDiverged
-from aekit.eval import evaluate
+from aekit.eval import evaluate, gradient_snr, importance_sampled_nll, log_likelihood
 from aekit.models import Autoencoder, AutoencoderOutput, ModelConfig
+from aekit.priors import PRIORS, prior_from_sampler
 from aekit.registry import RECIPES, build, model_config
 from aekit.train import FitResult, TrainConfig, Trainer, load
 from aekit.version import __version__
 
 __all__ = [
+    "PRIORS",
     "RECIPES",
     "AekitError",
     "Autoencoder",
@@ -29,7 +31,11 @@ __all__ = [
     "__version__",
     "build",
     "evaluate",
+    "gradient_snr",
+    "importance_sampled_nll",
     "load",
     "load_data",
+    "log_likelihood",
     "model_config",
+    "prior_from_sampler",
 ]

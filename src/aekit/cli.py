@@ -406,11 +406,11 @@ def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> 
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
-    for key, value in metrics.items():
-        if isinstance(value, float):
-            print(f"{key:>14}  {value:.6g}")
-        elif isinstance(value, int | str):
-            print(f"{key:>14}  {value}")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    width = max(map(len, shown), default=0)
+    for key, value in shown.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        print(f"{key:>{width}}  {text}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
