@@ -257,6 +257,8 @@ def test_conditional_model_samples_a_chosen_class(images, capsys):
     assert run_cli("sample", run, "--condition", "3", "-n", "4", "--out", images / "c3.png") == 0
     assert np.load(images / "c3.npy").shape == (4, 1, 8, 8)
     assert (run / "figures" / "samples.png").is_file()  # one row per class in the report
+    assert run_cli("encode", run, "--out", images / "zc.npy") == 0  # each example, its label
+    assert np.load(images / "zc.npy").shape == (80, 2)
     capsys.readouterr()
     assert "outside the trained range 0..3" in error_of(capsys, "sample", run, "--condition", "7")
     assert "pass a condition" in error_of(capsys, "sample", run)

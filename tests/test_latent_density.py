@@ -7,10 +7,10 @@ from sklearn.mixture import GaussianMixture
 
 from aekit.data import TensorData
 from aekit.errors import AekitError
+from aekit.eval import encode_all
 from aekit.latent_density import (
     LATENT_DENSITY,
     LatentGMM,
-    encode_all,
     fit_for_model,
     fit_latent_gmm,
 )

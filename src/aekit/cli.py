@@ -17,7 +17,7 @@ from aekit.cli_flags import add_flags, section_values
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.errors import AekitError
-from aekit.eval import evaluate
+from aekit.eval import encode_all, evaluate
 from aekit.io import atomic_path, atomic_write_json
 from aekit.models.config import SLOTS, ModelConfig
 from aekit.nets import NetConfig
@@ -373,7 +373,7 @@ def run_gradient_snr(model: Any, data: TensorData, args: argparse.Namespace) -> 
     condition = batch.y if model.conditional else None
     result = gradient_snr(model, batch.x, ks, repeats=100, condition=condition, seed=args.seed)
     for k, enc, dec in zip(result["k"], result["encoder_snr"], result["decoder_snr"], strict=True):
-        log.info("gradient SNR at k=%d: encoder %.3g, decoder %.3g", k, enc, dec)
+        print(f"gradient SNR at k={k}: encoder {enc:.3g}, decoder {dec:.3g}")
     return result
 
 
@@ -461,9 +461,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     data, _, _ = run_data(args, config)
-    with torch.no_grad():
-        codes = [model.encode(batch.x.to(device)).cpu() for batch in data.batches(args.batch_size)]
-    z = torch.cat(codes).numpy()
+    z = encode_all(model, data, args.batch_size).numpy()
     save_npy(Path(args.out), z)
     print(f"saved: {args.out} {z.shape}")
     if args.labels_out:

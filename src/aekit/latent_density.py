@@ -210,24 +210,6 @@ def fit_latent_gmm(
 
 
 @torch.no_grad()
-def encode_all(model: Autoencoder, data: TensorData, batch_size: int = 1000) -> torch.Tensor:
-    """The codes of every example of `data.x` (N, latent_dim) on the CPU, encoded in eval
-    mode in batches; the model's training mode is restored afterwards."""
-    if batch_size < 1:
-        raise AekitError(f"batch size must be at least 1 (got {batch_size})")
-    was_training = model.training
-    model.eval()
-    try:
-        device = model.device
-        chunks = [
-            model.encode(data.x[i : i + batch_size].to(device)).cpu()
-            for i in range(0, len(data), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, model.latent_dim)
-
-
 def fit_for_model(
     model: Autoencoder,
     data: TensorData,
@@ -237,4 +219,6 @@ def fit_for_model(
     covariance_type: str = "full",
 ) -> LatentGMM:
     """Fit the mixture to the codes of `data.x` (normally the training set) under `model`."""
+    from aekit.eval.metrics import encode_all
+
     return fit_latent_gmm(encode_all(model, data, batch_size), components, covariance_type, seed)

@@ -2,7 +2,8 @@
 
 `log_prob` is summed over every dimension of an example, in nats, so that a negative
 log-likelihood and a KL summed over latent dimensions are on the same scale and the ELBO
-is a real bound.
+is a real bound. Leading dimensions are kept: parameters (S, B, *shape) for S latent draws
+give (S, B), so the data need not be copied S times.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ from aekit.components import Dims, NoOptions, Registry
 from aekit.errors import AekitError
 
 
-def sum_per_example(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
-
-
 class Likelihood(nn.Module, ABC):
     """A head p(x|z); subclasses define log_prob, mean and sample."""
 
@@ -31,10 +28,16 @@ class Likelihood(nn.Module, ABC):
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         super().__init__()
         self.options = options
+        self.event_dims = len(dims.input_shape)
+
+    def sum_per_example(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over the dimensions of one example (the trailing ones)."""
+        return t.flatten(-self.event_dims).sum(-1)
 
     @abstractmethod
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) per example, (B,), in nats."""
+        """log p(x|z) per example, in nats: (B,) for params (B, *shape), (S, B) for params
+        (S, B, *shape) against x (B, *shape) or its expansion."""
 
     @abstractmethod
     def mean(self, params: torch.Tensor) -> torch.Tensor:
@@ -59,7 +62,11 @@ class Bernoulli(Likelihood):
     likelihood of binary data, and the usual cross-entropy for grey levels."""
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return -sum_per_example(F.binary_cross_entropy_with_logits(params, x, reduction="none"))
+        # The loss function wants equal sizes; expand_as is a view, not a copy.
+        cross_entropy = F.binary_cross_entropy_with_logits(
+            params, x.expand_as(params), reduction="none"
+        )
+        return -self.sum_per_example(cross_entropy)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
@@ -128,7 +135,7 @@ class Gaussian(LocationScale):
         log_density = (
             -0.5 * ((x - params) / sigma).pow(2) - sigma.log() - 0.5 * math.log(2 * math.pi)
         )
-        return sum_per_example(log_density)
+        return self.sum_per_example(log_density)
 
     def sample(
         self, params: torch.Tensor, generator: torch.Generator | None = None
@@ -141,7 +148,7 @@ class Gaussian(LocationScale):
 class Laplace(LocationScale):
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         b = self.scale()
-        return sum_per_example(-(x - params).abs() / b - (2 * b).log())
+        return self.sum_per_example(-(x - params).abs() / b - (2 * b).log())
 
     def sample(
         self, params: torch.Tensor, generator: torch.Generator | None = None

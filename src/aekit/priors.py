@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -208,10 +207,6 @@ class VampPrior(Prior):
         mu, logvar = self.components()
         return mixture_log_prob(z, mu, logvar)
 
-    def variance(self) -> float:
-        with torch.no_grad():
-            return super().variance()
-
 
 def make_prior(name: str, dims: Dims, components: int = 0) -> Prior:
     return PRIORS[name](dims, components)
@@ -238,7 +233,3 @@ def prior_from_sampler(
     SampledPrior.__name__ = f"SampledPrior[{name}]"
     PRIORS.unregister(name)  # re-registering (e.g. before loading a run) replaces it
     return PRIORS.register(name)(SampledPrior)
-
-
-def prior_summary(prior: Prior) -> dict[str, Any]:
-    return {"prior": prior.kind, "has_density": prior.has_density}  # type: ignore[attr-defined]

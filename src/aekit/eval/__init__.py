@@ -1,5 +1,5 @@
 from aekit.eval.gradients import gradient_snr
 from aekit.eval.likelihood import importance_sampled_nll, log_likelihood
-from aekit.eval.metrics import evaluate
+from aekit.eval.metrics import encode_all, evaluate
 
-__all__ = ["evaluate", "gradient_snr", "importance_sampled_nll", "log_likelihood"]
+__all__ = ["encode_all", "evaluate", "gradient_snr", "importance_sampled_nll", "log_likelihood"]

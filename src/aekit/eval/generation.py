@@ -29,15 +29,14 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from aekit.data import download
 from aekit.data.tensor_data import TensorData
 from aekit.data.validate import check_array, check_labels
 from aekit.errors import AekitError
-from aekit.io import atomic_path, atomic_write_json, read_json
+from aekit.io import atomic_path, atomic_write_json, read_json, read_safetensors
 from aekit.models.autoencoder import Autoencoder
 
 __all__ = [
@@ -330,8 +329,7 @@ def _save_cached(
 
 
 _CACHE_ERRORS = (
-    AekitError,  # read_json: missing or invalid sidecar
-    SafetensorError,
+    AekitError,  # read_json / read_safetensors: missing, invalid or corrupt files
     OSError,
     KeyError,
     TypeError,
@@ -354,16 +352,16 @@ def _load_cached(
             or meta.get("train_settings") != dict(settings)
         ):
             return None
-        with safe_open(str(weights), framework="pt") as f:
-            if (f.metadata() or {}).get("fingerprint") != fingerprint:
-                return None
+        state, metadata = read_safetensors(weights, "classifier cache")
+        if metadata.get("fingerprint") != fingerprint:
+            return None
         classifier = FeatureClassifier(
             tuple(meta["input_shape"]),
             len(meta["classes"]),
             int(meta["feature_dim"]),
             classes=[int(c) for c in meta["classes"]],
         )
-        classifier.load_state_dict(load_file(str(weights)), strict=True)
+        classifier.load_state_dict(state, strict=True)
     except _CACHE_ERRORS as e:
         # A torn, foreign or outdated cache is not the user's error: retrain over it.
         logger.warning("ignoring unreadable classifier cache %s (%s); retraining", sidecar, e)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from aekit.errors import AekitError
 from aekit.eval.likelihood import check_has_density
 from aekit.models.autoencoder import Autoencoder
 from aekit.objectives.base import Objective
@@ -40,7 +41,7 @@ def gradient_snr(
     """{"k": [...], "encoder_snr": [...], "decoder_snr": [...], ...} for each k."""
     check_has_density(model)
     if repeats < 2:
-        raise ValueError("gradient SNR needs at least 2 repeats")
+        raise AekitError(f"gradient SNR needs at least 2 repeats (got {repeats})")
     original, was_training = model.objective, model.training
     model.eval()  # no dropout/corruption: only the latent draws vary between repeats
     generative, inference = model.parameter_groups()

@@ -53,17 +53,11 @@ def log_likelihood(
     while done < k:
         draws = min(per_pass, k - done)
         b = model.bottleneck(h, draws)
-        params = model.decoder_params(b.z, c)
-        target = x.repeat(draws, *([1] * (x.ndim - 1)))
-        log_px = model.likelihood.log_prob(params, target).view(draws, n)
+        log_px = model.log_px(model.decoder_params(b.z, c), x)
         log_w = log_px + b.log_prior - b.log_q
         total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
         done += draws
     return total - math.log(k)
-
-
-def bits_per_dim(nats: float, dims: int) -> float:
-    return nats / (dims * math.log(2))
 
 
 @torch.no_grad()
@@ -109,7 +103,7 @@ def importance_sampled_nll(
     return {
         "marginal_nll": float(nll.mean()),
         "marginal_nll_stderr": float(nll.std() / math.sqrt(n)) if n > 1 else 0.0,
-        "marginal_nll_bits_per_dim": bits_per_dim(float(nll.mean()), dims),
+        "marginal_nll_bits_per_dim": float(nll.mean()) / (dims * math.log(2)),
         "marginal_nll_k": k,
         "marginal_nll_n": n,
         "marginal_nll_estimator": (

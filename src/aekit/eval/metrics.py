@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from aekit.data.tensor_data import TensorData
+from aekit.errors import AekitError
 from aekit.eval.likelihood import importance_sampled_nll
 from aekit.models.autoencoder import Autoencoder
 
@@ -93,3 +94,23 @@ def evaluate(
     if nll_k > 0 and model.bottleneck.has_density:
         results.update(importance_sampled_nll(model, data, k=nll_k, seed=seed))
     return results
+
+
+@torch.no_grad()
+def encode_all(model: Autoencoder, data: TensorData, batch_size: int = 1000) -> torch.Tensor:
+    """The codes of every example of `data` (N, latent_dim) on the CPU, encoded in eval
+    mode in batches (conditional models with each example's label); the model's training
+    mode is restored afterwards."""
+    if batch_size < 1:
+        raise AekitError(f"batch size must be at least 1 (got {batch_size})")
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.device
+        chunks = [
+            model.encode(batch.x.to(device), batch.y if model.conditional else None).cpu()
+            for batch in data.batches(batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, model.latent_dim)

@@ -158,8 +158,7 @@ class Autoencoder(nn.Module):
         samples = self.objective.samples
         b = self.bottleneck(self.features(self.corruption(x) if corrupt else x, c), samples)
         params = self.decoder_params(b.z, c)
-        target = x if samples == 1 else x.repeat(samples, *([1] * (x.ndim - 1)))
-        log_px = self.likelihood.log_prob(params, target).view(samples, x.shape[0])
+        log_px = self.log_px(params, x)
         objective = self.objective(ForwardPass(x, log_px, b, params, self.decoder), step)
         return AutoencoderOutput(
             reconstruction=self.likelihood.mean(params[: x.shape[0]]),
@@ -172,6 +171,11 @@ class Autoencoder(nn.Module):
             log_px=log_px,
             inference_loss=objective.inference_loss,
         )
+
+    def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) of every draw, (samples, B), from the decoder's output for
+        sample-major draws (samples * B, ...) and the batch x (B, ...)."""
+        return self.likelihood.log_prob(params.reshape(-1, *x.shape), x)
 
     def backward(self, out: AutoencoderOutput) -> None:
         """Gradients of the objective. When the objective trains the inference network on a

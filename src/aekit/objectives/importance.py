@@ -42,18 +42,18 @@ def check_count(name: str, value: int) -> None:
 
 
 class ImportanceObjective(Objective):
-    needs_density = True
+    """Shared by the bounds below: each computes its per-example bound(s) and calls finish."""
 
-    def bounds(self, f: ForwardPass) -> dict[str, torch.Tensor]:
-        """The per-example bounds this objective combines, (B,) each."""
-        raise NotImplementedError
+    needs_density = True
 
     def finish(
         self, f: ForwardPass, bound: torch.Tensor, inference: torch.Tensor | None = None
     ) -> ObjectiveOutput:
-        loss = -bound.mean() + auxiliary(f.bottleneck)
+        """The loss -bound (and the encoder's own loss -inference, for PIWAE)."""
+        extra = auxiliary(f.bottleneck)
+        loss = -bound.mean() + extra
         terms = self.report(f, loss, bound=bound.mean())
-        inference_loss = None if inference is None else -inference.mean() + auxiliary(f.bottleneck)
+        inference_loss = None if inference is None else -inference.mean() + extra
         return ObjectiveOutput(loss, terms, inference_loss)
 
 

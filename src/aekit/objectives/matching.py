@@ -14,6 +14,7 @@ the squared error of the papers).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +60,26 @@ def sliced_wasserstein(
 
 
 class MatchingObjective(Objective):
+    """-log p(x|z) + weight * divergence(batch codes, as many prior draws)."""
+
     needs_prior = True
+    term = ""
+    """The name of the divergence among the reported terms."""
 
+    @abstractmethod
     def divergence(self, z: torch.Tensor, prior_draws: torch.Tensor, prior: Prior) -> torch.Tensor:
-        raise NotImplementedError
+        """The divergence between the codes and the prior draws, a scalar."""
 
-    def finish(self, f: ForwardPass, name: str, weight: float) -> ObjectiveOutput:
+    @abstractmethod
+    def weight(self) -> float:
+        """lambda, the weight of the divergence."""
+
+    def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
         b = f.bottleneck
         prior_draws = b.prior.sample(b.code.shape[0]).to(b.code)
         divergence = self.divergence(b.code, prior_draws, b.prior)
-        loss = f.nll.mean() + weight * divergence + auxiliary(b)
-        return ObjectiveOutput(loss, self.report(f, loss, **{name: divergence}))
+        loss = f.nll.mean() + self.weight() * divergence + auxiliary(b)
+        return ObjectiveOutput(loss, self.report(f, loss, **{self.term: divergence}))
 
 
 @dataclass
@@ -86,11 +96,13 @@ class WAEOptions:
 class WAEMMD(MatchingObjective):
     Options = WAEOptions
 
+    term = "mmd"
+
     def divergence(self, z: torch.Tensor, prior_draws: torch.Tensor, prior: Prior) -> torch.Tensor:
         return imq_mmd(z, prior_draws, base=2.0 * z.shape[1] * prior.variance())
 
-    def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
-        return self.finish(f, "mmd", self.options.mmd_weight)
+    def weight(self) -> float:
+        return self.options.mmd_weight
 
 
 @dataclass
@@ -111,8 +123,10 @@ class SWAEOptions:
 class SWAE(MatchingObjective):
     Options = SWAEOptions
 
+    term = "sw"
+
     def divergence(self, z: torch.Tensor, prior_draws: torch.Tensor, prior: Prior) -> torch.Tensor:
         return sliced_wasserstein(z, prior_draws, self.options.projections, self.options.power)
 
-    def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
-        return self.finish(f, "sw", self.options.sw_weight)
+    def weight(self) -> float:
+        return self.options.sw_weight
