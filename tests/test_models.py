@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 import aekit
+from aekit.bottlenecks import BOTTLENECKS, Quantizer
 from aekit.components import Dims
 from aekit.corruption import CORRUPTIONS
-from aekit.registry import RECIPES
+from aekit.registry import DEFAULT_KINDS, RECIPES
 from aekit.train.checkpoint import load_weights, save_weights, write_config
 from conftest import TINY_NET
 
@@ -45,6 +46,12 @@ def test_auto_body_is_conv_for_images_and_mlp_otherwise():
     assert isinstance(aekit.build("ae", (64,)).encoder, MLPEncoder)
 
 
+def latent_size(name: str, size: int) -> int | None:
+    """Quantizers on images derive their latent width from the grid: pass none."""
+    kind = {**DEFAULT_KINDS, **RECIPES[name].kinds}["bottleneck"]
+    return None if issubclass(BOTTLENECKS[kind], Quantizer) else size
+
+
 def recipe_variants():
     for name in RECIPES:
         yield name, {"condition_classes": 3} if RECIPES[name].conditional else {}
@@ -56,13 +63,22 @@ def recipe_variants():
     yield "vae", {"likelihood": "laplace", "variance": "global"}
     yield "dae", {"corruption": "salt-pepper"}
     yield "vae", {"corruption": "gaussian", "noise": 0.1, "free_bits": 0.1}
+    for option in ("kmeans_init", "restart", "rotation", "simvq", "cosine"):
+        yield "vqvae", {option: 2 if option == "kmeans_init" else True}
+    yield "vqvae-ema", {"restart": True, "cosine": True}
+    yield "rqvae", {"shared_codebook": True, "quantizer_dropout": 0.5, "rotation": True}
+    yield "vqvae", {"bottleneck": "pvq", "groups": 4}
+    yield "ae", {"bottleneck": "fsq", "levels": (16, 15), "body": "mlp"}
 
 
 @pytest.mark.parametrize("name, options", list(recipe_variants()))
 def test_every_parameter_receives_a_gradient(name, options):
-    model = aekit.build(name, (1, 8, 8), 4, **TINY_NET, **options)
+    model = aekit.build(name, (1, 8, 8), latent_size(name, 4), **TINY_NET, **options)
     x = torch.rand(6, 1, 8, 8)
     condition = torch.arange(6) % 3 if model.conditional else None
+    if options.get("kmeans_init"):  # k-means centres are a stationary point of the codebook loss
+        with torch.no_grad():
+            model(torch.rand(6, 1, 8, 8), step=0)
     model.backward(model(x, step=10, condition=condition))
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not silent, f"parameters without gradient: {silent}"
@@ -72,7 +88,13 @@ def test_every_parameter_receives_a_gradient(name, options):
 def test_save_then_load_gives_identical_outputs(tmp_path, name):
     extra = {"condition_dim": 2} if RECIPES[name].conditional else {}
     model = aekit.build(
-        name, (1, 8, 8), 3, **TINY_NET, likelihood="gaussian", variance="pixel", **extra
+        name,
+        (1, 8, 8),
+        latent_size(name, 3),
+        **TINY_NET,
+        likelihood="gaussian",
+        variance="pixel",
+        **extra,
     )
     with torch.no_grad():  # make the learned scale differ from its initial value
         model.likelihood.log_scale.add_(torch.randn_like(model.likelihood.log_scale))
@@ -222,4 +244,6 @@ def test_component_bases_are_abstract_and_every_registered_kind_is_complete():
     for registry in (BOTTLENECKS, LIKELIHOODS, OBJECTIVES, CORRUPTIONS):
         for kind in registry.names():
             cls = registry[kind]
-            cls(options_class(cls)(), dims)  # raises TypeError if a method is left abstract
+            options = options_class(cls)()
+            width = getattr(options, "vector_width", dims.latent_dim)  # quantizers: one vector
+            cls(options, Dims(dims.input_shape, width))  # TypeError if a method is left abstract

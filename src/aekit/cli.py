@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aekit.bottlenecks.quantizer import Quantizer
 from aekit.cli_flags import add_flags, section_values
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
@@ -149,6 +150,33 @@ def main_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)build RUN/report.html")
     p.add_argument("run")
+
+    p = sub.add_parser(
+        "compress",
+        help="compress images with a quantizer run: indices range-coded under its index prior",
+    )
+    p.add_argument("run")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (PNG, JPEG, ...) of the model's size, or .npy arrays (N, C, H, W), "
+        "(N, H, W) or (H, W) of uint8 or [0, 1] floats",
+    )
+    p.add_argument("-o", "--out", required=True, help="the compressed file (e.g. images.aek)")
+    p.add_argument(
+        "--stages",
+        type=int,
+        metavar="N",
+        help="residual VQ: code only the first N stages (a lower rate)",
+    )
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("decompress", help="decode a compressed file to PNGs and images.npy")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True, help="folder for 00000.png, ... and images.npy")
+    p.add_argument("--run", help="the run that compressed it (default: the path in its header)")
+    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -263,14 +291,22 @@ def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace)
     run = Path(trainer.config.out)
     model = trainer.model
     if not model.has_prior:
-        # A deterministic model samples from a density fitted on its training codes (as RAE).
-        from aekit.latent_density import LATENT_DENSITY, fit_for_model
-
+        # A deterministic model samples from a density fitted on its training codes (as RAE);
+        # a quantizer's codes are indices, so it gets a categorical per position instead,
+        # which `aekit compress` also entropy-codes with.
         train = splits.train
         if train.binarize:
             train = TensorData.binarized_once(train, seed=splits.spec.split_seed + 4)
-        model.latent_density = fit_for_model(model, train.to(trainer.device))
-        model.latent_density.save(run / LATENT_DENSITY)
+        if isinstance(model.bottleneck, Quantizer):
+            from aekit.compress.index_prior import INDEX_PRIOR, fit_index_prior
+
+            model.latent_density = fit_index_prior(model, train.to(trainer.device))
+            model.latent_density.save(run / INDEX_PRIOR)
+        else:
+            from aekit.latent_density import LATENT_DENSITY, fit_for_model
+
+            model.latent_density = fit_for_model(model, train.to(trainer.device))
+            model.latent_density.save(run / LATENT_DENSITY)
     if not args.no_eval and splits.test is not None:
         metrics = evaluate(
             trainer.model,
@@ -279,6 +315,7 @@ def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace)
             detailed=True,
             nll_k=trainer.config.nll_k,
         )
+        add_index_prior_rate(model, splits.test.to(trainer.device), metrics)
         write_eval(run / ckpt.EVAL, metrics, split="test", source=splits.spec.source)
         print_metrics(metrics)
     if not args.no_report:
@@ -342,6 +379,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         detailed=True,
         nll_k=args.nll_k,
     )
+    add_index_prior_rate(model, data.to(device), metrics)
     if args.grad_snr:
         metrics["gradient_snr"] = run_gradient_snr(model, data, args)
     if args.generation or args.fid_weights:
@@ -399,6 +437,17 @@ def run_generation_metrics(
         extractor = TorchScriptFeatures(args.fid_weights, inception=True, device=model.device)
         results.update(generation_metrics(model, data, extractor=extractor, seed=args.seed))
     return results
+
+
+def add_index_prior_rate(model: Any, data: TensorData, metrics: dict[str, Any]) -> None:
+    """For a quantizer with a fitted index prior and image data, the ideal rate of `data`'s
+    indices under that prior (what `aekit compress` approaches), in bits per pixel."""
+    from aekit.compress.index_prior import IndexPrior, ideal_bits_per_pixel
+
+    if isinstance(model.latent_density, IndexPrior) and len(model.input_shape) == 3:
+        metrics["index_prior_bits_per_pixel"] = ideal_bits_per_pixel(
+            model, model.latent_density, data
+        )
 
 
 def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:
@@ -479,6 +528,53 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from aekit.compress import compress
+    from aekit.compress.files import read_inputs
+
+    model = ckpt.load(args.run, device=resolve_device(args.device))
+    images = read_inputs(args.inputs, tuple(model.input_shape))
+    result = compress(model, torch.from_numpy(images), run_dir=args.run, stages=args.stages)
+    result.save(args.out)
+    h = result.header
+    print(
+        f"{args.out}: {h.images} images, {len(result)} bytes ({h.overhead_bytes} of them "
+        f"header), {result.bits_per_pixel:.4f} bits per pixel; ideal under the index prior "
+        f"{result.ideal_bits_per_pixel:.4f}"
+    )
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from aekit.compress import decompress, read_header
+    from aekit.compress.files import write_images
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise AekitError(f"compressed file not found: {path}")
+    data = path.read_bytes()
+    try:
+        header = read_header(data)
+    except AekitError as e:
+        raise AekitError(f"{path}: {e}") from None
+    run = args.run or header.run_dir
+    if run is None:
+        raise AekitError(f"{path} does not name the run that compressed it; pass --run")
+    if args.run is None and not Path(run).is_dir():
+        raise AekitError(f"{path} was compressed with the run {run}, which is gone; pass --run")
+    model = ckpt.load(run, device=resolve_device(args.device))
+    try:
+        images = decompress(data, model).numpy()
+    except AekitError as e:
+        raise AekitError(f"{path}: {e}") from None
+    out = Path(args.out)
+    pngs = write_images(out, images)
+    save_npy(out / "images.npy", images)
+    shown = f"{pngs[0].name}..{pngs[-1].name} and " if pngs else ""
+    print(f"{path}: {len(images)} images -> {out}/{shown}images.npy")
+    return 0
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     if path.suffix != ".npy":
         raise AekitError(f"{path}: the output must be a .npy file")
@@ -512,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
             "sample": cmd_sample,
             "encode": cmd_encode,
             "report": cmd_report,
+            "compress": cmd_compress,
+            "decompress": cmd_decompress,
         }[args.command]
         return command(args)
     except AekitError as e:

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from aekit.bottlenecks import BOTTLENECKS, Quantizer
 from aekit.components import Dims, make_options, options_class
 from aekit.errors import AekitError
 from aekit.models.autoencoder import Autoencoder
 from aekit.models.config import SLOTS, Component, ModelConfig
-from aekit.nets import NetConfig, build_networks
+from aekit.nets import NetConfig, build_networks, grid_positions, resolve_body
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,51 @@ for recipe in (
     register_recipe(recipe)
 
 
+VQ_PAPER = "van den Oord, Vinyals & Kavukcuoglu 2017, Neural discrete representation learning"
+for recipe in (
+    Recipe(
+        "vqvae",
+        "VQ-VAE: nearest of K=512 codes per grid position, straight-through, commitment loss",
+        VQ_PAPER,
+        kinds={"bottleneck": "vq"},
+    ),
+    Recipe(
+        "vqvae-ema",
+        "VQ-VAE with the codebook learned by exponential moving averages (decay 0.99)",
+        VQ_PAPER + " (appendix A.1)",
+        kinds={"bottleneck": "vq"},
+        options={"ema": True},
+    ),
+    Recipe(
+        "rqvae",
+        "Residual VQ: 4 stages quantize successive residuals; quantizer dropout optional",
+        "Lee et al. 2022, Autoregressive image generation using residual quantization; "
+        "Zeghidour et al. 2021, SoundStream",
+        kinds={"bottleneck": "rvq"},
+    ),
+    Recipe(
+        "fsq",
+        "Finite scalar quantization: tanh-bounded, rounded dims (levels 8,5,5,5), no aux loss",
+        "Mentzer et al. 2024, Finite scalar quantization: VQ-VAE made simple",
+        kinds={"bottleneck": "fsq"},
+    ),
+    Recipe(
+        "lfq",
+        "Lookup-free quantization: sign of each of 10 dims, entropy penalty",
+        "Yu et al. 2024, Language model beats diffusion: tokenizer is key to visual generation",
+        kinds={"bottleneck": "lfq"},
+    ),
+    Recipe(
+        "bsq",
+        "Binary spherical quantization: unit-sphere projection, then sign; entropy penalty",
+        "Zhao, Xiong & Krahenbuhl 2024, Image and video tokenization with binary spherical "
+        "quantization",
+        kinds={"bottleneck": "bsq"},
+    ),
+):
+    register_recipe(recipe)
+
+
 def option_owners(kinds: dict[str, str]) -> dict[str, str]:
     """Which part (net, or a slot) owns each option name, for the chosen kinds."""
     owners = {f.name: "net" for f in fields(NetConfig)}
@@ -230,14 +276,46 @@ def model_config(
                 f"{', '.join(sorted(owners))}, {', '.join(SLOTS)})"
             )
         values[owners[key]][key] = value
+    components = {slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS}
+    net = make_options(NetConfig, values["net"], "net")
+    if issubclass(BOTTLENECKS[kinds["bottleneck"]], Quantizer):
+        net, latent_dim = quantizer_layout(net, tuple(input_shape), latent_dim, components)
     return ModelConfig(
         recipe=name,
         input_shape=tuple(input_shape),
         latent_dim=16 if latent_dim is None else latent_dim,
         **condition,
-        net=make_options(NetConfig, values["net"], "net"),
-        **{slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS},
+        net=net,
+        **components,
     )
+
+
+FLAT_POSITIONS = 4
+"""Code vectors per example of a quantizer on flat data, unless latent_dim says otherwise."""
+
+
+def quantizer_layout(
+    net: NetConfig,
+    input_shape: tuple[int, ...],
+    latent_dim: int | None,
+    components: dict[str, Component],
+) -> tuple[NetConfig, int]:
+    """Quantizers code a grid of vectors on images (one per position of the last feature map,
+    as in VQ-VAE) and FLAT_POSITIONS vectors otherwise; latent_dim follows from that."""
+    width = components["bottleneck"].options.vector_width
+    if net.body == "auto" and len(input_shape) == 3:
+        net = dataclasses.replace(net, body="grid")
+    if net.body != "grid":
+        return net, FLAT_POSITIONS * width if latent_dim is None else latent_dim
+    resolve_body(net, input_shape)
+    size = grid_positions(input_shape, len(net.channels)) * width
+    if latent_dim is not None and latent_dim != size:
+        raise AekitError(
+            f"with the grid body the latent is {grid_positions(input_shape, len(net.channels))} "
+            f"positions x {width} = {size} wide; latent_dim {latent_dim} does not match (leave "
+            "it unset, or change code_dim / channels)"
+        )
+    return net, size
 
 
 def build_from_config(

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from aekit.bottlenecks.quantizer import Quantizer
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError
+from aekit.eval.codebook import MAX_COUNTED_CODES, MAX_LISTED_CODES, CodeCounter, countable
 from aekit.eval.likelihood import importance_sampled_nll
 from aekit.models.autoencoder import Autoencoder
 
@@ -33,7 +35,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean of the objective's terms over `data` (schedules at their end), reconstruction
     MSE, and with `detailed`: bits/dim, KL per latent dimension, active units, and the
-    denoising error for corrupting models."""
+    denoising error for corrupting models.
+
+    Quantizer models add their codebook health (`aekit.eval.codebook`) from the same forward
+    passes: usage, perplexity, dead codes and quantisation error always (so every epoch's
+    validation record tracks collapse), and with `detailed` the per-slot lists and the code
+    counts."""
     was_training = model.training
     model.eval()
     device = model.device
@@ -44,6 +51,7 @@ def evaluate(
     codes = []
     analytic_kl = False
     corrupting = model.config.corruption.kind != "none"
+    counter = _code_counter(model)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -56,6 +64,9 @@ def evaluate(
                 sums[name] = sums.get(name, 0.0) + value.to(device) * n
             mean = model.decode(out.code, c)
             sq_err += (mean - x).pow(2).sum()
+            if counter is not None:
+                params = out.bottleneck.params
+                counter.update(params["indices"], params["quantization_error"])
             if detailed:
                 analytic_kl = out.bottleneck.kl is not None
                 if analytic_kl:
@@ -69,9 +80,19 @@ def evaluate(
     dims = math.prod(model.input_shape)
     results: dict[str, Any] = {name: float(total) / n for name, total in sums.items()}
     results["mse"] = float(sq_err) / (n * dims)
+    if counter is not None:
+        results.update(counter.health(detailed=detailed))
+        if detailed and sum(counter.sizes) <= MAX_LISTED_CODES:
+            results["code_counts"] = [c.tolist() for c in counter.counts]
     if not detailed:
         return results
     results["n"] = n
+    if isinstance(model.bottleneck, Quantizer) and counter is None:
+        largest = max(model.bottleneck.codebook_sizes)
+        results["codebook_note"] = (
+            f"codebook health not computed: {largest:,} codes are more than the "
+            f"{MAX_COUNTED_CODES:,} that can be counted code by code"
+        )
     if "elbo" in results:
         draws = model.objective.samples
         results["estimator"] = (
@@ -94,6 +115,17 @@ def evaluate(
     if nll_k > 0 and model.bottleneck.has_density:
         results.update(importance_sampled_nll(model, data, k=nll_k, seed=seed))
     return results
+
+
+def _code_counter(model: Autoencoder) -> CodeCounter | None:
+    """A counter for a quantizer's codes, or None (a continuous bottleneck, or a codebook
+    too large to count)."""
+    if not isinstance(model.bottleneck, Quantizer):
+        return None
+    sizes = model.bottleneck.codebook_sizes
+    if not countable(sizes):
+        return None
+    return CodeCounter(sizes, model.latent_dim, model.device)
 
 
 @torch.no_grad()

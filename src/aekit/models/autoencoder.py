@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from aekit.bottlenecks.base import Bottleneck, BottleneckOutput
+from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
+from aekit.bottlenecks.quantizer import Quantizer
 from aekit.corruption import Corruption
 from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
@@ -217,6 +218,31 @@ class Autoencoder(nn.Module):
     def reconstruct(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
         return self.decode(self.encode(x, condition), condition)
 
+    @property
+    def quantizer(self) -> Quantizer:
+        """The bottleneck, when it is a quantizer (else a clear error)."""
+        if not isinstance(self.bottleneck, Quantizer):
+            kinds = [k for k in BOTTLENECKS.names() if issubclass(BOTTLENECKS[k], Quantizer)]
+            raise AekitError(
+                f"the {self.config.bottleneck.kind!r} bottleneck is continuous: code indices "
+                f"exist only for quantizers ({', '.join(kinds)})"
+            )
+        return self.bottleneck
+
+    @torch.no_grad()
+    def encode_indices(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
+        """The code indices of x, (B, positions, slots) int64: one index per position for VQ,
+        FSQ, LFQ and BSQ, one per stage (residual VQ) or group (product VQ)."""
+        self.check_input(x)
+        c = self.condition_vector(condition, x.shape[0])
+        return self.quantizer.encode_indices(self.features(x, c))
+
+    @torch.no_grad()
+    def decode_indices(self, indices: torch.Tensor, condition: Condition = None) -> torch.Tensor:
+        """E[x|z] for code indices (B, positions, slots); residual VQ also takes a prefix of
+        its stages (a coarser code)."""
+        return self.decode(self.quantizer.codes_from_indices(indices), condition)
+
     def sample_latents(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws from p(z), or from the density fitted on training codes for models that
         learn no prior. (n, latent_dim)."""
@@ -225,7 +251,10 @@ class Autoencoder(nn.Module):
         if self.has_prior:
             return self.bottleneck.sample_prior(n, device=self.device, generator=generator)
         if self.latent_density is not None:
-            return self.latent_density.sample(n, generator=generator).to(self.device)
+            draws = self.latent_density.sample(n, generator=generator).to(self.device)
+            if getattr(self.latent_density, "discrete", False):  # a prior over code indices
+                return self.quantizer.codes_from_indices(draws)
+            return draws
         raise AekitError(
             f"a {self.config.recipe!r} model learns no prior: fit a density on its training "
             "codes first (aekit.latent_density.fit_for_model; `aekit train` does this)"

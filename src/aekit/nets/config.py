@@ -12,7 +12,8 @@ ACTIVATIONS = ("relu", "silu", "gelu", "elu", "leaky_relu", "tanh")
 @dataclass
 class NetConfig:
     body: str = "auto"
-    """`mlp`, `conv`, or `auto`: conv for images (C,H,W) of at least 16x16, else MLP.
+    """`mlp`, `conv`, `grid` or `auto`: conv for images (C,H,W) of at least 16x16, else MLP;
+    for quantizers, `grid` (a code vector per position of the last feature map) on images.
     (`custom` is recorded when the user passes their own modules.)"""
     hidden: tuple[int, ...] | None = None
     """Widths of the fully connected layers: the whole MLP body (default 512,256), or the
@@ -32,8 +33,8 @@ class NetConfig:
         self.channels = tuple(int(c) for c in self.channels)
         if not self.channels or any(c < 1 for c in self.channels):
             raise AekitError(f"channels must be positive and non-empty (got {self.channels})")
-        if self.body not in ("auto", "mlp", "conv", "custom"):
-            raise AekitError(f"body must be auto, mlp or conv (got {self.body!r})")
+        if self.body not in ("auto", "mlp", "conv", "grid", "custom"):
+            raise AekitError(f"body must be auto, mlp, conv or grid (got {self.body!r})")
         if self.upsample not in ("transpose", "nearest"):
             raise AekitError(f"upsample must be transpose or nearest (got {self.upsample!r})")
         if self.activation not in ACTIVATIONS:

@@ -3,6 +3,11 @@
 Every stage halves the spatial size with a 4x4 kernel, stride 2, padding 1 (n -> floor(n/2)
 for any n). The decoder records those sizes and undoes them exactly, so 1x8x8, 1x28x28,
 3x32x32 and odd sizes all round-trip without cropping.
+
+Two bodies share the stages. `conv` ends in dense layers and a flat latent. `grid` is fully
+convolutional (as in VQ-VAE): the latent is a grid of vectors, one per position of the last
+feature map, flattened position-major, so (B, h * w * width) holds position p's vector at
+columns p*width..(p+1)*width-1. Quantizers then code each position separately.
 """
 
 from __future__ import annotations
@@ -22,6 +27,44 @@ def stage_sizes(size: tuple[int, int], stages: int) -> list[tuple[int, int]]:
     return sizes
 
 
+def down_stages(c_in: int, channels: tuple[int, ...], act: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), activation(act)]
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
+def up_stages(
+    channels: tuple[int, ...],
+    sizes: list[tuple[int, int]],
+    c_out: int,
+    act: str,
+    upsample: str,
+) -> nn.Sequential:
+    """The mirror of `down_stages`: from channels[-1] at sizes[-1] back to c_out at sizes[0]."""
+    targets = list(reversed(sizes[:-1]))
+    widths = [*reversed(channels), c_out]
+    layers: list[nn.Module] = []
+    for i, target in enumerate(targets):
+        c_a, c_b = widths[i], widths[i + 1]
+        if upsample == "transpose":
+            h_in, w_in = sizes[len(sizes) - 1 - i]
+            pad = (target[0] - 2 * h_in, target[1] - 2 * w_in)
+            layers.append(nn.ConvTranspose2d(c_a, c_b, 4, 2, 1, output_padding=pad))
+        else:
+            layers += [nn.Upsample(size=target, mode="nearest"), nn.Conv2d(c_a, c_b, 3, 1, 1)]
+        if i < len(targets) - 1:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def grid_positions(input_shape: tuple[int, ...], stages: int) -> int:
+    """Number of latent positions of the `grid` body: the size of the last feature map."""
+    h, w = stage_sizes((input_shape[1], input_shape[2]), stages)[-1]
+    return h * w
+
+
 class ConvEncoder(nn.Module):
     def __init__(
         self,
@@ -34,14 +77,12 @@ class ConvEncoder(nn.Module):
     ) -> None:
         super().__init__()
         c_in, h, w = input_shape
-        layers: list[nn.Module] = []
-        for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), activation(act)]
-            c_in = c_out
-        self.convs = nn.Sequential(*layers)
+        self.convs = down_stages(c_in, channels, act)
         h_last, w_last = stage_sizes((h, w), len(channels))[-1]
         # A conditioning vector joins the flattened conv features, before the dense layers.
-        self.head = mlp([c_in * h_last * w_last + condition_dim, *hidden, out_features], act)
+        self.head = mlp(
+            [channels[-1] * h_last * w_last + condition_dim, *hidden, out_features], act
+        )
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         h = self.convs(x).flatten(1)
@@ -66,20 +107,46 @@ class ConvDecoder(nn.Module):
             mlp([latent_dim, *reversed(hidden), channels[-1] * sizes[-1][0] * sizes[-1][1]], act),
             activation(act),
         )
-        targets = list(reversed(sizes[:-1]))
-        widths = [*reversed(channels), c_out]
-        layers: list[nn.Module] = []
-        for i, target in enumerate(targets):
-            c_a, c_b = widths[i], widths[i + 1]
-            if upsample == "transpose":
-                h_in, w_in = sizes[len(sizes) - 1 - i]
-                pad = (target[0] - 2 * h_in, target[1] - 2 * w_in)
-                layers.append(nn.ConvTranspose2d(c_a, c_b, 4, 2, 1, output_padding=pad))
-            else:
-                layers += [nn.Upsample(size=target, mode="nearest"), nn.Conv2d(c_a, c_b, 3, 1, 1)]
-            if i < len(targets) - 1:
-                layers.append(activation(act))
-        self.ups = nn.Sequential(*layers)
+        self.ups = up_stages(channels, sizes, c_out, act, upsample)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.ups(self.head(z).view(z.shape[0], *self.start))
+
+
+class GridEncoder(nn.Module):
+    """Stride-2 stages, then a 1x1 conv to `width` features at every position of the last
+    map; the output is flattened position-major, (B, h * w * width)."""
+
+    def __init__(
+        self, input_shape: tuple[int, int, int], channels: tuple[int, ...], width: int, act: str
+    ) -> None:
+        super().__init__()
+        self.convs = down_stages(input_shape[0], channels, act)
+        self.project = nn.Conv2d(channels[-1], width, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.convs(x)).permute(0, 2, 3, 1).flatten(1)
+
+
+class GridDecoder(nn.Module):
+    """The mirror of GridEncoder: a 3x3 conv from `width` features per position, then
+    transposed stages back to the image."""
+
+    def __init__(
+        self,
+        width: int,
+        channels: tuple[int, ...],
+        output_shape: tuple[int, int, int],
+        act: str,
+        upsample: str,
+    ) -> None:
+        super().__init__()
+        c_out, h, w = output_shape
+        sizes = stage_sizes((h, w), len(channels))
+        self.grid = (*sizes[-1], width)
+        self.expand = nn.Sequential(nn.Conv2d(width, channels[-1], 3, 1, 1), activation(act))
+        self.ups = up_stages(channels, sizes, c_out, act, upsample)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        grid = z.view(z.shape[0], *self.grid).permute(0, 3, 1, 2)
+        return self.ups(self.expand(grid))

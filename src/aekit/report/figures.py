@@ -26,6 +26,8 @@ BATCH = 1000
 MAX_EXAMPLES = 2000
 PANELS = ("loss", "elbo", "kl", "nll")
 """Curves drawn per epoch, one panel each, where the history records them."""
+CODEBOOK_PANELS = 4
+"""Slots (residual stages, product groups) drawn in the codebook usage figure."""
 
 
 @contextlib.contextmanager
@@ -111,6 +113,44 @@ def kl_per_dim(values: Sequence[float], path: str | Path) -> Path:
     with _figure(path, size=(max(4.0, 0.25 * len(values)), 3.0)) as (ax,):
         ax.bar(range(len(values)), values)
         ax.set(xlabel="latent dimension", ylabel="KL (nats)", title="KL per latent dimension")
+    return path
+
+
+def codebook_usage(
+    counts: Sequence[Sequence[int]], path: str | Path, max_panels: int = CODEBOOK_PANELS
+) -> Path:
+    """For each of the first `max_panels` slots, how often each code was used: the count of
+    each code against its rank by frequency, both on log axes (a rank-frequency plot, where
+    a few dominant codes and a long tail of rare ones both show), and the dead (never used)
+    codes as a shaded band after the last used rank."""
+    path = Path(path)
+    if not counts:
+        raise AekitError("no code counts: nothing to plot")
+    shown = list(counts)[:max_panels]
+    with _figure(path, len(shown), (4.0, 3.0)) as axes:
+        for s, (ax, slot) in enumerate(zip(axes, shown, strict=True)):
+            ranked = np.sort(np.asarray(slot, dtype=np.int64))[::-1]
+            used = int((ranked > 0).sum())
+            size = len(ranked)
+            # One step per run of equal counts (the ranking is sorted, so there are few runs
+            # even for 2^20 codes), from a baseline under the smallest count of 1 so that it
+            # shows on the log axis; the outline keeps a lone sub-pixel bar visible.
+            starts = np.flatnonzero(np.diff(ranked[:used], prepend=-1))
+            edges = np.append(starts, used) + 0.5
+            for fill in (True, False):
+                ax.stairs(ranked[starts], edges, fill=fill, baseline=0.5, color="tab:blue")
+            if used < size:
+                ax.axvspan(used + 0.5, size + 0.5, color="tab:red", alpha=0.15, label="dead")
+                ax.legend(loc="upper right", fontsize="small")
+            ax.set(xscale="log", yscale="log")
+            ax.set_xlim(0.5, size + 0.5)
+            ax.set_ylim(bottom=0.5)
+            name = f"slot {s}: " if len(counts) > 1 else ""
+            ax.set(
+                title=f"{name}{size - used} of {size} codes dead",
+                xlabel="code, ranked by use",
+                ylabel="vectors coded (log)",
+            )
     return path
 
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
+from aekit.bottlenecks.quantizer import Quantizer
 from aekit.data.config import DataConfig
 from aekit.data.tensor_data import Splits, TensorData
 from aekit.errors import AekitError
+from aekit.eval.codebook import codebook_health_of
 from aekit.eval.metrics import ACTIVE_UNIT_THRESHOLD
 from aekit.io import atomic_write_text, read_json, read_jsonl
 from aekit.models.autoencoder import Autoencoder
@@ -31,6 +33,9 @@ active (see ACTIVE_UNIT_THRESHOLD) ..."""
 COLLAPSE_KL_NATS = 0.01
 """... or when some dimension's test KL is below this many nats: it carries almost no
 information about x, so the decoder learns to ignore it."""
+CODEBOOK_COLLAPSE_USAGE = 0.5
+"""Warn of codebook collapse when the codebooks use fewer than this fraction of their codes
+(mean over slots) although the data coded enough vectors to use them all."""
 SLOTS = ("bottleneck", "likelihood", "corruption", "objective")
 CAPTIONS = {
     "curves": "Training curves per epoch.",
@@ -46,6 +51,9 @@ CAPTIONS = {
     "prior_posterior": "The aggregate posterior over the prior: posterior means (codes) of "
     "{n} test examples, coloured by class where the data has labels, over {n} grey draws from "
     "{prior}. Where the two clouds differ, samples decoded from the prior look unlike the data.",
+    "codebook_usage": "Code use on the {split} split: how many vectors each code coded, "
+    "against its rank by frequency (log axes); one panel per slot (residual stage or product "
+    "group, at most {panels}); the shaded band holds the dead codes, never used.",
     "posterior_only": "The aggregate posterior: posterior means (codes) of {n} test examples, "
     "coloured by class where the data has labels. The model has no prior and no fitted latent "
     "density, so no prior draws are shown.",
@@ -173,6 +181,100 @@ def collapse_warning(metrics: dict[str, Any], latent_dim: int, has_kl: bool) -> 
         "Usual remedies: KL warm-up (--kl-warmup-steps), free bits (--free-bits), or a "
         "smaller latent_dim (--latent-dim)."
     )
+
+
+def codebook_remedy(model: Autoencoder) -> str:
+    """What to try against collapse, for the model's kind of codebook: explicit codebooks can
+    be revived or re-parametrised; implicit ones (LFQ, BSQ) are spread by their entropy
+    penalty, and FSQ's grid only shrinks."""
+    options = model.config.bottleneck.options
+    if hasattr(options, "restart"):
+        return "try --restart, --rotation, --simvq, --kmeans-init or --ema"
+    if hasattr(options, "entropy_weight"):
+        return "try a larger --entropy-weight or --diversity"
+    return "try fewer codes (--levels)"
+
+
+def codebook_warning(health: dict[str, Any], remedy: str) -> str | None:
+    """The codebook-collapse warning, or None. It fires when the mean usage over slots is
+    below CODEBOOK_COLLAPSE_USAGE, unless the data coded fewer vectors than there are codes:
+    then full use was impossible and low usage says little about the codebook."""
+    if health["codebook_usage"] >= CODEBOOK_COLLAPSE_USAGE:
+        return None
+    sizes = health["codebook_size"]
+    if _vectors_coded(health) < max(sizes):
+        return None
+    return f"Codebook collapse: {health['dead_codes']} of {sum(sizes)} codes dead; {remedy}."
+
+
+def _vectors_coded(health: dict[str, Any]) -> float:
+    """Vectors coded per slot (infinite when the counts were not kept)."""
+    counts = health.get("code_counts")
+    return sum(counts[0]) if counts else math.inf
+
+
+def _codebook_health(
+    model: Autoencoder, data: TensorData | None, metrics: dict[str, Any], notes: list[str]
+) -> dict[str, Any] | None:
+    """The codebook health of a quantizer model on the report's data, else that of the test
+    metrics (eval.json); None for continuous bottlenecks or when neither is at hand."""
+    if not isinstance(model.bottleneck, Quantizer):
+        return None
+    if data is not None:
+        try:
+            return codebook_health_of(model, data, batch_size=figures.BATCH)
+        except AekitError as e:
+            notes.append(f"The codebook health is not computed on the data: {e}.")
+    return metrics if "codebook_usage_per_slot" in metrics else None
+
+
+def _codebook_section(
+    model: Autoencoder, health: dict[str, Any] | None, split: str, folder: Path
+) -> str:
+    """Usage, perplexity and dead codes per slot and overall (means over slots, dead codes
+    summed), the quantisation error, the usage figure and the collapse warning of a quantizer
+    model."""
+    if health is None:
+        return ""
+    sizes = health["codebook_size"]
+    rows = [
+        [
+            s,
+            size,
+            health["codebook_usage_per_slot"][s],
+            health["codebook_perplexity_per_slot"][s],
+            health["dead_codes_per_slot"][s],
+            None,
+        ]
+        for s, size in enumerate(sizes)
+        if len(sizes) > 1
+    ]
+    rows.append(
+        [
+            "all" if len(sizes) > 1 else 0,
+            sum(sizes),
+            health["codebook_usage"],
+            health["codebook_perplexity"],
+            health["dead_codes"],
+            health.get("quantization_error"),
+        ]
+    )
+    header = ["slot", "codes", "usage", "perplexity", "dead codes", "|h − z_q|² per example"]
+    parts = [f"<h2>Codebook</h2><p>on the {html.escape(split)} split</p>"]
+    warning = codebook_warning(health, codebook_remedy(model))
+    if warning:
+        parts.append(_box("warning", warning))
+    vectors = _vectors_coded(health)
+    if vectors < max(sizes):
+        parts.append(
+            _box("note", f"Only {vectors} vectors were coded: at most that many codes can be used.")
+        )
+    parts.append(_table(rows, header))
+    if health.get("code_counts"):
+        figures.codebook_usage(health["code_counts"], folder / "codebook_usage.png")
+        caption = CAPTIONS["codebook_usage"].format(split=split, panels=figures.CODEBOOK_PANELS)
+        parts.append(_figure_html("codebook_usage", caption))
+    return "".join(parts)
 
 
 def _eval_section(evaluation: dict[str, Any] | None) -> str:
@@ -341,6 +443,9 @@ def build_report(
     )
 
     metrics = (evaluation or {}).get("metrics", {})
+    health = _codebook_health(model, picked[1] if picked else None, metrics, notes)
+    health_split = picked[0] if picked else (evaluation or {}).get("split", "test")
+    codebook = _codebook_section(model, health, health_split, run_dir / FIGURES)
     collapse = collapse_warning(metrics, model.latent_dim, _has_kl_term(model, metrics))
     warnings = [collapse] if collapse else []
     spec = config.get("data") or (splits.spec.to_dict() if splits is not None else None)
@@ -362,6 +467,7 @@ def build_report(
         "<h2>Training</h2>",
         _history_section(history),
         figure("curves"),
+        codebook,
         "<h2>Figures</h2>",
         *(
             figure(name)

@@ -145,6 +145,7 @@ def load(
 ) -> nn.Module:
     """The trained model of a run directory (`checkpoint="last"` for the latest epoch rather
     than the best validation loss), in eval mode."""
+    from aekit.compress.index_prior import INDEX_PRIOR, IndexPrior
     from aekit.latent_density import LATENT_DENSITY, LatentGMM
     from aekit.models.config import ModelConfig
     from aekit.registry import build_from_config
@@ -163,4 +164,9 @@ def load(
         raise AekitError(f"checkpoint must be best or last (got {checkpoint!r})")
     if (run / LATENT_DENSITY).is_file():
         model.latent_density = LatentGMM.load(run / LATENT_DENSITY)
+    if (run / INDEX_PRIOR).is_file():  # quantizer models: a prior over their code indices
+        prior = IndexPrior.load(run / INDEX_PRIOR)
+        if not prior.fits(model):
+            raise AekitError(f"{run / INDEX_PRIOR} does not fit the model's quantizer")
+        model.latent_density = prior
     return model.to(device).eval()

@@ -1,0 +1,213 @@
+"""Vector quantization (van den Oord et al. 2017) and the fixes for its codebook collapse.
+
+Each vector is replaced by its nearest codebook entry. The codebook learns either by gradient
+on the codebook loss |sg[x] - e|^2 or by exponential moving averages of the vectors assigned to
+each code (VQ-VAE appendix, with Laplace smoothing of the counts); the encoder is held near its
+codes by the commitment loss beta |x - sg[e]|^2. Options, all off by default:
+
+- `kmeans_init`: the codebook starts as k-means centres of the first training batch;
+- `restart`: codes that fall out of use are pulled to the encoder output nearest to them,
+  with a weight that decays with the code's running usage (CVQ-VAE, Zheng & Vedaldi 2023);
+- `rotation`: the rotation trick replaces the straight-through gradient (Fifty et al. 2024);
+- `simvq`: the codebook is a frozen random basis times one learned linear map, so every
+  code moves with every update (SimVQ, Zhu et al. 2024);
+- `cosine`: vectors and codes are l2-normalised, so codes are chosen by cosine similarity.
+
+`VectorQuantizer.update_codebook` is where the codebook changes outside the optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from aekit.bottlenecks.base import BOTTLENECKS
+from aekit.bottlenecks.quantizer import Quantized, Quantizer, rotation_trick, straight_through
+from aekit.components import Dims
+from aekit.errors import AekitError
+
+
+@dataclass
+class VQOptions:
+    codebook_size: int = 512
+    """Number of codes K."""
+    code_dim: int = 16
+    """Width of each quantized vector (the latent is latent_dim / code_dim of them)."""
+    commitment: float = 0.25
+    """beta, the weight of the commitment loss |x - sg[e]|^2 (0.25 in the paper)."""
+    ema: bool = False
+    """Learn the codebook by exponential moving averages instead of the codebook loss."""
+    ema_decay: float = 0.99
+    """gamma of the EMA updates (0.99 in the paper)."""
+    ema_epsilon: float = 1e-5
+    """Laplace smoothing of the EMA cluster sizes."""
+    kmeans_init: int = 0
+    """Lloyd iterations of k-means on the first training batch to initialise the codebook
+    (0: random initialisation)."""
+    restart: bool = False
+    """Pull unused codes towards their nearest encoder outputs (CVQ-VAE anchor update)."""
+    restart_decay: float = 0.99
+    """Decay of the running code usage that the anchor update reads."""
+    rotation: bool = False
+    """Rotation trick gradient instead of straight-through."""
+    simvq: bool = False
+    """Codebook = frozen random basis x learned linear map (SimVQ)."""
+    cosine: bool = False
+    """Choose codes by cosine similarity (vectors and codes on the unit sphere)."""
+
+    @property
+    def vector_width(self) -> int:
+        return self.code_dim
+
+    def __post_init__(self) -> None:
+        if self.codebook_size < 1:
+            raise AekitError(f"codebook_size must be at least 1 (got {self.codebook_size})")
+        if self.code_dim < 1:
+            raise AekitError(f"code_dim must be at least 1 (got {self.code_dim})")
+        if self.commitment < 0 or self.kmeans_init < 0:
+            raise AekitError("commitment and kmeans_init must be non-negative")
+        for name in ("ema_decay", "restart_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise AekitError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.ema_epsilon <= 0:
+            raise AekitError(f"ema_epsilon must be positive (got {self.ema_epsilon})")
+        if self.simvq and self.ema:
+            raise AekitError("simvq learns its linear map by gradient: it cannot use ema")
+        if self.simvq and self.restart:
+            raise AekitError("restart moves explicit codes; simvq's codes are a linear map")
+
+
+def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """|x_n - e_k|^2, (N, K)."""
+    return x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.T + codebook.pow(2).sum(1).unsqueeze(0)
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator | None = None):
+    """Lloyd's algorithm from k points of x (drawn with replacement when x has fewer than k
+    rows). Returns the centres (k, D) and the cluster sizes (k,)."""
+    n = x.shape[0]
+    start = (
+        torch.randperm(n, generator=generator)[:k]
+        if n >= k
+        else torch.randint(n, (k,), generator=generator)
+    )
+    centres = x[start.to(x.device)].clone()
+    counts = torch.zeros(k, device=x.device)
+    for _ in range(iterations):
+        assign = squared_distances(x, centres).argmin(1)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled].unsqueeze(1)
+    return centres, counts
+
+
+@BOTTLENECKS.register("vq")
+class VectorQuantizer(Quantizer):
+    Options = VQOptions
+
+    def __init__(self, options: VQOptions, dims: Dims) -> None:
+        super().__init__(options, dims)
+        k, d = options.codebook_size, options.code_dim
+        init = torch.randn(k, d) / math.sqrt(d) if options.simvq else torch.randn(k, d)
+        if options.cosine:
+            init = F.normalize(init, dim=1)
+        if options.ema or options.simvq:
+            # The EMA codebook and SimVQ's frozen basis change outside the optimiser.
+            self.register_buffer("embedding", init)
+        else:
+            self.embedding = nn.Parameter(init)
+        if options.simvq:
+            self.projection = nn.Linear(d, d, bias=False)
+            nn.init.eye_(self.projection.weight)
+        if options.ema:
+            self.register_buffer("ema_count", torch.ones(k))
+            self.register_buffer("ema_sum", init.clone())
+        if options.restart:
+            # Zero, as in CVQ-VAE: codes the first batches leave unused are moved at once.
+            self.register_buffer("usage", torch.zeros(k))
+        self.register_buffer("initialised", torch.tensor(options.kmeans_init == 0))
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.options.codebook_size,)
+
+    def codebook(self) -> torch.Tensor:
+        """The codes (K, code_dim) as the quantizer uses them."""
+        e = self.projection(self.embedding) if self.options.simvq else self.embedding
+        # normalize saves its input for backward; a copy leaves the codebook free for the
+        # in-place anchor update later in the same forward pass.
+        return F.normalize(e.clone(), dim=1) if self.options.cosine else e
+
+    def nearest(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The nearest codes e (N, D) with the gradient path to the codebook, their indices (N,),
+        and the commitment and codebook losses per vector. `x` is already normalised if cosine."""
+        if self.training and not bool(self.initialised):
+            self.initialise(x.detach())
+        codebook = self.codebook()
+        with torch.no_grad():
+            distances = squared_distances(x.detach(), codebook.detach())
+            indices = distances.argmin(1)
+        e = codebook[indices]
+        o = self.options
+        losses = {"commitment": o.commitment * (x - e.detach()).pow(2).sum(1)}
+        if not o.ema:
+            losses["codebook"] = (x.detach() - e).pow(2).sum(1)
+        if self.training:
+            self.update_codebook(x.detach(), indices, distances)
+        return e, indices, losses
+
+    def quantize(self, v: torch.Tensor) -> Quantized:
+        x = F.normalize(v, dim=1) if self.options.cosine else v
+        e, indices, losses = self.nearest(x)
+        z_q = rotation_trick(x, e) if self.options.rotation else straight_through(x, e)
+        return Quantized(z_q, indices.unsqueeze(1), losses)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook()[indices[:, 0]]
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        centres, counts = kmeans(x, self.options.codebook_size, self.options.kmeans_init)
+        if self.options.cosine:
+            centres = F.normalize(centres, dim=1)
+        self.embedding.data.copy_(centres)
+        if self.options.ema:
+            self.ema_count.copy_(counts.clamp_min(1.0))
+            self.ema_sum.copy_(centres * self.ema_count.unsqueeze(1))
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def update_codebook(
+        self, x: torch.Tensor, indices: torch.Tensor, distances: torch.Tensor
+    ) -> None:
+        """The codebook changes made outside the optimiser, once per training batch: the EMA
+        update of counts and sums, then the anchor update of codes that fell out of use."""
+        o, k = self.options, self.options.codebook_size
+        counts = torch.bincount(indices, minlength=k).to(x.dtype)
+        if o.ema:
+            sums = torch.zeros(k, x.shape[1], device=x.device, dtype=x.dtype)
+            sums.index_add_(0, indices, x)
+            self.ema_count.lerp_(counts, 1 - o.ema_decay)
+            self.ema_sum.lerp_(sums, 1 - o.ema_decay)
+            n = self.ema_count.sum()
+            smoothed = (self.ema_count + o.ema_epsilon) / (n + k * o.ema_epsilon) * n
+            codes = self.ema_sum / smoothed.unsqueeze(1)
+            self.embedding.copy_(F.normalize(codes, dim=1) if o.cosine else codes)
+        if o.restart:
+            self.usage.lerp_(counts / counts.sum(), 1 - o.restart_decay)
+            # CVQ-VAE: alpha_k = exp(-p_k K 10 / (1 - gamma)) is ~1 for an unused code and ~0
+            # for one used at the uniform rate 1/K; the anchor is the closest encoder output.
+            alpha = torch.exp(-self.usage * k * 10 / (1 - o.restart_decay)).unsqueeze(1)
+            anchors = x[distances.argmin(0)]
+            self.embedding.mul_(1 - alpha).add_(alpha * anchors)
+            if o.cosine:
+                self.embedding.copy_(F.normalize(self.embedding, dim=1))
+            if o.ema:
+                self.ema_sum.copy_(self.embedding * self.ema_count.unsqueeze(1))

@@ -1,0 +1,434 @@
+"""Compressed image files: a quantized autoencoder's code indices, range-coded under its prior.
+
+An image is encoded to indices (positions, slots); each index is range-coded (constriction's
+`queue.RangeEncoder`, 32-bit words, 24-bit probabilities) under the categorical of its
+(position, slot) in the run's `IndexPrior`. The file costs about -log2 p(indices) bits plus a
+header, so its size is the honest rate of the model as a codec.
+
+Layout (all integers little-endian):
+
+    offset  size  field
+    0       4     magic b"AEKC"
+    4       2     format version (u16), currently 1
+    6       4     header length H (u32)
+    10      8     payload length P (u64)
+    18      H     header: UTF-8 JSON (see `Header`)
+    18+H    P     payload: the range coder's u32 words; for each (position, slot) in order,
+                  the indices of all images
+    18+H+P  4     CRC-32 (zlib) of every byte before it
+
+Decoding checks, in order: the magic, the version, the length (truncated?), the CRC
+(corrupted?), that the model and its prior are the ones the file was written with (SHA-256 of
+the weights, of the prior's counts), and finally a CRC-32 of the decoded indices recorded in
+the header, so a coder that disagrees with the encoder (another constriction release, say)
+gives an error, never a wrong image. Every failure is an AekitError on one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from aekit.compress.index_prior import IndexPrior
+from aekit.errors import AekitError
+from aekit.io import atomic_write_bytes
+from aekit.version import __version__
+
+if TYPE_CHECKING:
+    from aekit.models.autoencoder import Autoencoder
+
+MAGIC = b"AEKC"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+_PREFIX = struct.Struct("<4sHIQ")  # magic, version, header length, payload length
+_CRC = struct.Struct("<I")
+CODER = "constriction-range-u32-categorical-fast"
+"""Names the entropy coder and its model approximation (perfect=False), which decoding must
+match exactly."""
+BATCH = 256
+"""Images encoded or decoded per forward pass."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a compressed file says about itself (the JSON header and the framing sizes)."""
+
+    version: int
+    recipe: str
+    model_sha256: str
+    """SHA-256 of the model's weights (`model_sha256`)."""
+    prior_sha256: str
+    """`IndexPrior.identity` of the prior the indices were coded under."""
+    run_dir: str | None
+    """Absolute path of the run the model came from, when known: a hint for decompress."""
+    image_shape: tuple[int, int, int]
+    images: int
+    positions: int
+    slots: int
+    """Slots coded per position: all of them, or a prefix of residual VQ's stages."""
+    codebook_sizes: tuple[int, ...]
+    """Codes of each coded slot."""
+    indices_crc32: int
+    """CRC-32 of the indices as little-endian int64 (N, positions, slots), checked after
+    decoding."""
+    coder: str
+    aekit_version: str
+    header_bytes: int = 0
+    """Length of the JSON header."""
+    payload_bytes: int = 0
+    """Length of the range-coded payload."""
+
+    @property
+    def file_bytes(self) -> int:
+        return _PREFIX.size + self.header_bytes + self.payload_bytes + _CRC.size
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Everything but the payload: framing, JSON header and CRC."""
+        return self.file_bytes - self.payload_bytes
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of all images (H·W each; channels are not counted, as for image codecs)."""
+        return self.images * self.image_shape[1] * self.image_shape[2]
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """The whole file's size (header included) in bits per pixel."""
+        return 8 * self.file_bytes / self.pixels
+
+    def to_json(self) -> bytes:
+        fields = asdict(self)
+        for framing in ("version", "header_bytes", "payload_bytes"):
+            del fields[framing]
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class CompressedFile:
+    """The bytes of a compressed file with its header and the ideal code length of its
+    indices under the prior (sum of -log2 p, in bits), for comparing with the real size."""
+
+    data: bytes
+    header: Header
+    ideal_bits: float
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return 8 * len(self.data) / self.header.pixels
+
+    @property
+    def ideal_bits_per_pixel(self) -> float:
+        """Bits per pixel of a perfect entropy coder under the prior, without the header."""
+        return self.ideal_bits / self.header.pixels
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file atomically; return the path."""
+        atomic_write_bytes(path, self.data)
+        return Path(path)
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 (hex) of the model's weights: every state-dict tensor's name, dtype, shape and
+    bytes, in name order. It is the same for a model in memory, on any device, and for the
+    model `aekit.load` reads back from its run, because it hashes tensors, not file bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_prior(model: Autoencoder, prior: IndexPrior | None = None) -> IndexPrior:
+    """The prior to code `model`'s indices under: `prior`, or the one fitted at the end of
+    training (`model.latent_density`), checked to fit the model's quantizer."""
+    q = model.quantizer  # a clear error for continuous bottlenecks
+    prior = prior if prior is not None else model.latent_density
+    if not isinstance(prior, IndexPrior):
+        raise AekitError(
+            "this model has no index prior to entropy-code with: `aekit train` fits one for "
+            "quantizer models (index_prior.safetensors); from Python use "
+            "aekit.compress.fit_index_prior(model, train_data)"
+        )
+    if not prior.fits(model):
+        raise AekitError(
+            f"the index prior ({prior.positions} positions, codebooks {prior.codebook_sizes}) "
+            f"does not fit the model ({q.positions} positions, codebooks {q.codebook_sizes})"
+        )
+    return prior
+
+
+def _coded_slots(model: Autoencoder, stages: int | None) -> int:
+    q = model.quantizer
+    if stages is None:
+        return q.slots
+    if not q.truncatable:
+        if stages != q.slots:
+            raise AekitError(
+                f"--stages applies to residual VQ; a {model.config.bottleneck.kind!r} code has "
+                f"{q.slots} slot(s), all of which are coded"
+            )
+        return stages
+    if not 1 <= stages <= q.slots:
+        raise AekitError(f"stages must be between 1 and {q.slots} (got {stages})")
+    return stages
+
+
+def check_images(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """`images` as float32 (N, C, H, W) of the model's shape with values in [0, 1]."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 3:
+        raise AekitError(f"compression codes images (C, H, W); this model takes {shape}")
+    x = torch.as_tensor(images)
+    if x.ndim == 3 and shape[0] == 1:
+        x = x.unsqueeze(1)
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise AekitError(
+            f"images have shape {tuple(x.shape)}; the model takes (N, {', '.join(map(str, shape))})"
+        )
+    if x.shape[0] == 0:
+        raise AekitError("no images to compress")
+    x = x.float()
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise AekitError("image values must be finite and in [0, 1]")
+    return x
+
+
+@torch.no_grad()
+def encode_images(
+    model: Autoencoder, images: torch.Tensor, stages: int | None = None
+) -> torch.Tensor:
+    """The indices (N, positions, slots') of images, on the CPU, in eval mode and in batches;
+    `stages` keeps a prefix of residual VQ's stages."""
+    if model.conditional:
+        raise AekitError("compression of label-conditioned models is not supported")
+    x = check_images(model, images)
+    slots = _coded_slots(model, stages)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.encode_indices(x[i : i + BATCH].to(model.device))[..., :slots].cpu()
+            for i in range(0, len(x), BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def _categorical(prior: IndexPrior, position: int, slot: int):
+    import constriction
+
+    return constriction.stream.model.Categorical(prior.probabilities(position, slot), perfect=False)
+
+
+def encode_payload(indices: torch.Tensor, prior: IndexPrior) -> bytes:
+    """Range-code indices (N, positions, slots') under the prior: for each (position, slot)
+    in order, the N indices with that slot's categorical. Returns the u32 words as bytes."""
+    import constriction
+
+    idx = prior.check_indices(indices).numpy().astype(np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    for p in range(idx.shape[1]):
+        for s in range(idx.shape[2]):
+            encoder.encode(np.ascontiguousarray(idx[:, p, s]), _categorical(prior, p, s))
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_payload(payload: bytes, prior: IndexPrior, images: int, slots: int) -> torch.Tensor:
+    """The inverse of `encode_payload`: indices (images, positions, slots) int64."""
+    import constriction
+
+    if len(payload) % 4:
+        raise AekitError("the payload is not a whole number of 32-bit words (corrupted)")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    out = np.empty((images, prior.positions, slots), dtype=np.int64)
+    try:
+        for p in range(prior.positions):
+            for s in range(slots):
+                out[:, p, s] = decoder.decode(_categorical(prior, p, s), images)
+    except (ValueError, RuntimeError) as e:
+        raise AekitError(f"the payload cannot be decoded (corrupted): {e}") from None
+    if not decoder.maybe_exhausted():
+        raise AekitError("the payload has data left after the last index (corrupted)")
+    return torch.from_numpy(out)
+
+
+def _indices_crc32(indices: torch.Tensor) -> int:
+    return zlib.crc32(indices.numpy().astype("<i8").tobytes())
+
+
+def compress(
+    model: Autoencoder,
+    images: torch.Tensor,
+    *,
+    run_dir: str | Path | None = None,
+    stages: int | None = None,
+    prior: IndexPrior | None = None,
+) -> CompressedFile:
+    """Compress images (N, C, H, W) in [0, 1] with a quantized model: encode them to indices
+    and range-code those under `prior` (default: the model's fitted index prior).
+    `run_dir` is recorded as a hint for finding the model again; `stages` keeps a prefix of
+    residual VQ's stages (a lower rate)."""
+    prior = model_prior(model, prior)
+    indices = encode_images(model, images, stages)
+    return compress_indices(model, indices, run_dir=run_dir, prior=prior)
+
+
+def compress_indices(
+    model: Autoencoder,
+    indices: torch.Tensor,
+    *,
+    run_dir: str | Path | None = None,
+    prior: IndexPrior | None = None,
+) -> CompressedFile:
+    """Write a compressed file for indices (N, positions, slots') of `model`'s images."""
+    prior = model_prior(model, prior)
+    idx = model.quantizer.check_indices(indices).cpu()
+    idx = prior.check_indices(idx)
+    if idx.shape[0] == 0:
+        raise AekitError("no images to compress")
+    slots = idx.shape[2]
+    payload = encode_payload(idx, prior)
+    header = Header(
+        version=VERSION,
+        recipe=model.config.recipe,
+        model_sha256=model_sha256(model),
+        prior_sha256=prior.identity,
+        run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
+        image_shape=tuple(int(d) for d in model.input_shape),  # type: ignore[arg-type]
+        images=int(idx.shape[0]),
+        positions=prior.positions,
+        slots=slots,
+        codebook_sizes=prior.codebook_sizes[:slots],
+        indices_crc32=_indices_crc32(idx),
+        coder=CODER,
+        aekit_version=__version__,
+    )
+    text = header.to_json()
+    body = _PREFIX.pack(MAGIC, VERSION, len(text), len(payload)) + text + payload
+    data = body + _CRC.pack(zlib.crc32(body))
+    header = Header(**{**asdict(header), "header_bytes": len(text), "payload_bytes": len(payload)})
+    ideal = float(-prior.log2_prob(idx).sum())
+    return CompressedFile(data, header, ideal)
+
+
+def _split(data: bytes) -> tuple[Header, bytes]:
+    """Check the framing and CRC of a file; its header and payload."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise AekitError("not an aekit compressed file (bad magic number)")
+    if len(data) < _PREFIX.size + _CRC.size:
+        raise AekitError(f"the file is truncated ({len(data)} bytes)")
+    _, version, header_len, payload_len = _PREFIX.unpack_from(data)
+    if version not in SUPPORTED_VERSIONS:
+        raise AekitError(
+            f"unsupported format version {version} (this aekit {__version__} reads "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
+        )
+    expected = _PREFIX.size + header_len + payload_len + _CRC.size
+    if len(data) < expected:
+        raise AekitError(f"the file is truncated ({len(data)} of {expected} bytes)")
+    if len(data) > expected:
+        raise AekitError(f"the file is corrupted ({len(data) - expected} unexpected extra bytes)")
+    (crc,) = _CRC.unpack_from(data, expected - _CRC.size)
+    if zlib.crc32(data[: expected - _CRC.size]) != crc:
+        raise AekitError("the file is corrupted (checksum mismatch)")
+    text = data[_PREFIX.size : _PREFIX.size + header_len]
+    try:
+        fields = json.loads(text.decode("utf-8"))
+        header = Header(
+            version=version,
+            recipe=str(fields["recipe"]),
+            model_sha256=str(fields["model_sha256"]),
+            prior_sha256=str(fields["prior_sha256"]),
+            run_dir=fields["run_dir"],
+            image_shape=tuple(int(d) for d in fields["image_shape"]),  # type: ignore[arg-type]
+            images=int(fields["images"]),
+            positions=int(fields["positions"]),
+            slots=int(fields["slots"]),
+            codebook_sizes=tuple(int(k) for k in fields["codebook_sizes"]),
+            indices_crc32=int(fields["indices_crc32"]),
+            coder=str(fields["coder"]),
+            aekit_version=str(fields["aekit_version"]),
+            header_bytes=header_len,
+            payload_bytes=payload_len,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AekitError(f"the file's header is invalid ({type(e).__name__}: {e})") from None
+    if len(header.image_shape) != 3 or header.images < 1 or header.slots < 1:
+        raise AekitError("the file's header is invalid (image shape, images or slots)")
+    return header, data[_PREFIX.size + header_len : expected - _CRC.size]
+
+
+def read_header(data: bytes) -> Header:
+    """The header of a compressed file, after checking its magic, version, length and CRC."""
+    return _split(data)[0]
+
+
+def _describe(recipe: str, sha: str, run_dir: str | None = None) -> str:
+    where = f", run {run_dir}" if run_dir else ""
+    return f"a {recipe} model (weights sha256 {sha[:12]}…{where})"
+
+
+def decompress_indices(
+    data: bytes, model: Autoencoder, *, prior: IndexPrior | None = None
+) -> torch.Tensor:
+    """The indices (N, positions, slots') stored in a compressed file, decoded with `model`
+    and its prior, which must be the ones the file was written with."""
+    header, payload = _split(data)
+    own_sha = model_sha256(model)
+    if header.model_sha256 != own_sha:
+        theirs = _describe(header.recipe, header.model_sha256, header.run_dir)
+        raise AekitError(
+            f"the file was compressed with {theirs}; this is "
+            f"{_describe(model.config.recipe, own_sha)}"
+        )
+    prior = model_prior(model, prior)
+    if header.prior_sha256 != prior.identity:
+        raise AekitError(
+            f"the file was coded under another index prior (sha256 {header.prior_sha256[:12]}…) "
+            f"than this model's (sha256 {prior.identity[:12]}…)"
+        )
+    if header.coder != CODER:
+        raise AekitError(f"the file uses entropy coder {header.coder!r}; this aekit has {CODER!r}")
+    expected = (tuple(model.input_shape), prior.positions, prior.codebook_sizes[: header.slots])
+    if (header.image_shape, header.positions, header.codebook_sizes) != expected:
+        raise AekitError("the file's header does not match its model (shape or codebooks)")
+    indices = decode_payload(payload, prior, header.images, header.slots)
+    if _indices_crc32(indices) != header.indices_crc32:
+        raise AekitError("the decoded indices fail their checksum (corrupted or another coder)")
+    return indices
+
+
+@torch.no_grad()
+def decompress(data: bytes, model: Autoencoder, *, prior: IndexPrior | None = None) -> torch.Tensor:
+    """The images (N, C, H, W) of a compressed file: its indices decoded by `model` to
+    E[x|z], float32 on the CPU."""
+    indices = decompress_indices(data, model, prior=prior)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.decode_indices(indices[i : i + BATCH]).cpu()
+            for i in range(0, len(indices), BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
