@@ -310,3 +310,8 @@ def test_a_quantizer_model_trains_from_the_command_line(tmp_path):
     assert code == 0
     model = aekit.load(run)
     assert model.quantizer.slots == 2
+    out = tmp_path / "idx.npy"
+    assert main(["encode", str(run), "--indices", "--out", str(out)]) == 0
+    indices = torch.from_numpy(np.load(out))
+    x = torch.from_numpy(np.load(data))
+    assert torch.equal(indices, model.encode_indices(x))

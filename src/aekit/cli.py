@@ -59,7 +59,8 @@ def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.Arg
         type=int,
         default=argparse.SUPPRESS,
         metavar="D",
-        help="size of the latent code (default: 16)",
+        help="size of the latent code (default: 16; quantizers: vectors x code width, derived "
+        "from the grid on images)",
     )
     for slot, registry in SLOTS.items():
         group.add_argument(
@@ -147,6 +148,11 @@ def main_parser() -> argparse.ArgumentParser:
     add_data_choice(p, default_split="all")
     p.add_argument("--out", required=True, help="output .npy, shape (N, latent_dim)")
     p.add_argument("--labels-out", help="also write the labels, when the data has them")
+    p.add_argument(
+        "--indices",
+        action="store_true",
+        help="quantizers: write the code indices (N, positions, slots) instead of the codes",
+    )
 
     p = sub.add_parser("report", help="(re)build RUN/report.html")
     p.add_argument("run")
@@ -510,7 +516,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     data, _, _ = run_data(args, config)
-    z = encode_all(model, data, args.batch_size).numpy()
+    if args.indices:
+        from aekit.compress import encode_all_indices
+
+        z = encode_all_indices(model, data, args.batch_size).numpy()
+    else:
+        z = encode_all(model, data, args.batch_size).numpy()
     save_npy(Path(args.out), z)
     print(f"saved: {args.out} {z.shape}")
     if args.labels_out:
