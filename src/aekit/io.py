@@ -107,3 +107,45 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Any], dict[
         reason = " ".join(str(e).split())  # one line, whatever the library says
         raise AekitError(f"{what} {path} is unreadable or corrupt ({reason})") from None
     return tensors, metadata
+
+
+def write_safetensors(
+    path: str | Path, tensors: dict[str, Any], format: str, **metadata: str
+) -> Path:
+    """Write tensors atomically, with metadata naming the file's `format` (checked on reading)
+    and the aekit version that wrote it."""
+    from safetensors.torch import save_file
+
+    from aekit.version import __version__
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"format": format, "aekit_version": __version__, **metadata},
+        )
+    return path
+
+
+def read_aekit_safetensors(
+    path: str | Path,
+    what: str,
+    format: str,
+    *,
+    tensors: tuple[str, ...] = (),
+    metadata: tuple[str, ...] = (),
+    written_by: str = "",
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A file written by `write_safetensors` in `format`, holding the named tensors and
+    metadata entries; anything else (missing, corrupt, foreign) raises AekitError naming it."""
+    path = Path(path)
+    found, meta = read_safetensors(path, what)
+    if (
+        meta.get("format") != format
+        or not set(tensors) <= set(found)
+        or not set(metadata) <= set(meta)
+    ):
+        by = f" (written by {written_by})" if written_by else ""
+        raise AekitError(f"{path} is not an aekit {what}{by}")
+    return found, meta

@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from aekit.errors import AekitError
-from aekit.io import atomic_path, read_safetensors
-from aekit.version import __version__
+from aekit.io import read_aekit_safetensors, write_safetensors
 
 if TYPE_CHECKING:  # the model may itself import this module to sample from a fitted density
     from aekit.data.tensor_data import TensorData
@@ -138,26 +136,28 @@ class LatentGMM:
             "means": self.means.contiguous(),
             "covariances": self.covariances.contiguous(),
         }
-        metadata = {
-            "format": FORMAT,
-            "covariance_type": self.covariance_type,
-            "components": str(self.components),
-            "fitted_on": str(self.fitted_on),
-            "aekit_version": __version__,
-        }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-        return path
+        return write_safetensors(
+            path,
+            tensors,
+            FORMAT,
+            covariance_type=self.covariance_type,
+            components=str(self.components),
+            fitted_on=str(self.fitted_on),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> LatentGMM:
         """Read a mixture written by `save`; a missing, corrupt or foreign file raises
         AekitError naming the path."""
         path = Path(path)
-        tensors, metadata = read_safetensors(path, "latent density")
-        missing = {"weights", "means", "covariances"} - set(tensors)
-        if metadata.get("format") != FORMAT or missing or "covariance_type" not in metadata:
-            raise AekitError(f"{path} is not an aekit latent density (written by LatentGMM.save)")
+        tensors, metadata = read_aekit_safetensors(
+            path,
+            "latent density",
+            FORMAT,
+            tensors=("weights", "means", "covariances"),
+            metadata=("covariance_type",),
+            written_by="LatentGMM.save",
+        )
         try:
             return cls(
                 tensors["weights"],

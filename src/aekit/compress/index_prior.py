@@ -26,11 +26,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from aekit.errors import AekitError
-from aekit.io import atomic_path, read_safetensors
-from aekit.version import __version__
+from aekit.io import read_aekit_safetensors, write_safetensors
 
 if TYPE_CHECKING:
     from aekit.data.tensor_data import TensorData
@@ -183,30 +181,28 @@ class IndexPrior:
     def save(self, path: str | Path) -> Path:
         """Write the prior as safetensors (counts as a tensor, the rest as metadata),
         atomically; return the path."""
-        path = Path(path)
-        metadata = {
-            "format": FORMAT,
-            "codebook_sizes": ",".join(map(str, self.codebook_sizes)),
-            "alpha": repr(self.alpha),
-            "fitted_on": str(self.fitted_on),
-            "aekit_version": __version__,
-        }
-        with atomic_path(path) as tmp:
-            save_file({"counts": self.counts}, str(tmp), metadata=metadata)
-        return path
+        return write_safetensors(
+            path,
+            {"counts": self.counts},
+            FORMAT,
+            codebook_sizes=",".join(map(str, self.codebook_sizes)),
+            alpha=repr(self.alpha),
+            fitted_on=str(self.fitted_on),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> IndexPrior:
         """Read a prior written by `save`; a missing, corrupt or foreign file raises
         AekitError naming the path."""
         path = Path(path)
-        tensors, metadata = read_safetensors(path, "index prior")
-        if (
-            metadata.get("format") != FORMAT
-            or "counts" not in tensors
-            or "codebook_sizes" not in metadata
-        ):
-            raise AekitError(f"{path} is not an aekit index prior (written by IndexPrior.save)")
+        tensors, metadata = read_aekit_safetensors(
+            path,
+            "index prior",
+            FORMAT,
+            tensors=("counts",),
+            metadata=("codebook_sizes",),
+            written_by="IndexPrior.save",
+        )
         try:
             sizes = tuple(int(k) for k in metadata["codebook_sizes"].split(","))
             return cls(tensors["counts"], sizes, alpha=float(metadata.get("alpha", KT_ALPHA)))

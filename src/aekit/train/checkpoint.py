@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from aekit.errors import AekitError
-from aekit.io import atomic_path, atomic_write_json, read_json, read_safetensors
+from aekit.io import (
+    atomic_write_json,
+    read_aekit_safetensors,
+    read_json,
+    read_safetensors,
+    write_safetensors,
+)
 from aekit.version import __version__
 
 CONFIG = "config.json"
@@ -31,12 +36,7 @@ def _cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
 
 
 def save_weights(path: str | Path, model: nn.Module) -> None:
-    with atomic_path(path) as tmp:
-        save_file(
-            _cpu_tensors(model.state_dict()),
-            str(tmp),
-            metadata={"format": "aekit-weights", "aekit_version": __version__},
-        )
+    write_safetensors(path, _cpu_tensors(model.state_dict()), "aekit-weights")
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -80,24 +80,21 @@ def save_checkpoint(
                 tensors[f"optim/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    metadata = {
-        "format": "aekit-checkpoint",
-        "aekit_version": __version__,
-        "trainer_state": json.dumps(trainer_state),
-        "param_groups": json.dumps(opt["param_groups"]),
-        "optim_scalars": json.dumps(scalars),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(
+        path,
+        tensors,
+        "aekit-checkpoint",
+        trainer_state=json.dumps(trainer_state),
+        param_groups=json.dumps(opt["param_groups"]),
+        optim_scalars=json.dumps(scalars),
+    )
 
 
 def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     path = Path(path)
-    tensors, metadata = read_safetensors(path, "checkpoint")
-    if metadata.get("format") != "aekit-checkpoint":
-        raise AekitError(f"{path} is not an aekit checkpoint")
+    tensors, metadata = read_aekit_safetensors(path, "checkpoint", "aekit-checkpoint")
     model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     load_state(model, model_state, path)
     state: dict[int, dict[str, Any]] = {}
