@@ -62,6 +62,40 @@ def rotation_trick(x: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch
     return torch.where(opposite, straight_through(x, q), out)
 
 
+def validate_indices(
+    indices: torch.Tensor,
+    positions: int,
+    codebook_sizes: tuple[int, ...],
+    *,
+    prefix: bool = False,
+    owner: str = "",
+) -> torch.Tensor:
+    """`indices` as int64 (N, positions, slots), every index within its slot's codebook; with
+    `prefix`, also the first 1..slots-1 slots alone (residual VQ's coarser codes). (N,
+    positions) is read as one slot. Anything else is an AekitError naming the fault."""
+    idx = torch.as_tensor(indices)
+    if idx.is_floating_point() or idx.dtype == torch.bool:
+        raise AekitError(f"indices must be integers (got {idx.dtype})")
+    slots = len(codebook_sizes)
+    if idx.ndim == 2 and slots == 1:
+        idx = idx.unsqueeze(-1)
+    width_ok = idx.ndim == 3 and (idx.shape[2] == slots or (prefix and 1 <= idx.shape[2] < slots))
+    if not width_ok or idx.shape[1] != positions:
+        expects = f"{owner} expects" if owner else "expected"
+        raise AekitError(
+            f"indices have shape {tuple(idx.shape)}; {expects} (N, {positions}, {slots})"
+        )
+    idx = idx.long()
+    for s in range(idx.shape[2]):
+        column, size = idx[..., s], codebook_sizes[s]
+        bad = (column < 0) | (column >= size)
+        if bool(bad.any()):
+            raise AekitError(
+                f"index {int(column[bad][0])} in slot {s} is outside the codebook 0..{size - 1}"
+            )
+    return idx
+
+
 class Quantizer(Bottleneck):
     """Subclasses define `codebook_sizes`, `quantize` and `lookup`; their Options give the
     vector width as `vector_width`."""
@@ -130,29 +164,13 @@ class Quantizer(Bottleneck):
 
     def check_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """`indices` as int64 (B, positions, slots'), or a clear error naming what is wrong."""
-        idx = torch.as_tensor(indices)
-        if idx.is_floating_point() or idx.dtype == torch.bool:
-            raise AekitError(f"indices must be integers (got {idx.dtype})")
-        if idx.ndim == 2 and self.slots == 1:
-            idx = idx.unsqueeze(-1)
-        expected = f"(N, {self.positions}, {self.slots})"
-        if idx.ndim != 3 or idx.shape[1] != self.positions:
-            raise AekitError(f"indices have shape {tuple(idx.shape)}; expected {expected}")
-        if idx.shape[2] != self.slots and not (self.truncatable and 1 <= idx.shape[2] < self.slots):
-            raise AekitError(f"indices have shape {tuple(idx.shape)}; expected {expected}")
-        idx = idx.long()
-        for s in range(idx.shape[2]):
-            column, size = idx[..., s], self.codebook_sizes[s]
-            bad = (column < 0) | (column >= size)
-            if bool(bad.any()):
-                raise AekitError(
-                    f"index {int(column[bad][0])} in slot {s} is outside the codebook 0..{size - 1}"
-                )
-        return idx
+        return validate_indices(
+            indices, self.positions, self.codebook_sizes, prefix=self.truncatable
+        )
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """The latents (B, latent_dim) the decoder sees for indices (B, positions, slots)."""
-        tensors = [*self.parameters(), *self.buffers()]
-        idx = self.check_indices(indices).to(tensors[0].device if tensors else "cpu")
+        device = next(self.buffers(), next(self.parameters(), torch.empty(0))).device
+        idx = self.check_indices(indices).to(device)
         b = idx.shape[0]
         return self.lookup(idx.reshape(b * self.positions, -1)).reshape(b, self.latent_dim)

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from aekit.bottlenecks.quantizer import validate_indices
 from aekit.errors import AekitError
+from aekit.eval.metrics import encode_all
 from aekit.io import read_aekit_safetensors, write_safetensors
 
 if TYPE_CHECKING:
@@ -125,23 +127,10 @@ class IndexPrior:
     def check_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """`indices` as int64 (N, positions, slots') on the CPU with 1 <= slots' <= slots (a
         prefix of the slots, as residual VQ's coarser codes), or a clear error."""
-        idx = torch.as_tensor(indices)
-        if idx.is_floating_point() or idx.dtype == torch.bool:
-            raise AekitError(f"indices must be integers (got {idx.dtype})")
-        if idx.ndim != 3 or idx.shape[1] != self.positions or not 1 <= idx.shape[2] <= self.slots:
-            raise AekitError(
-                f"indices have shape {tuple(idx.shape)}; the index prior expects "
-                f"(N, {self.positions}, {self.slots})"
-            )
-        idx = idx.detach().cpu().long()
-        for s in range(idx.shape[2]):
-            column, k = idx[..., s], self.codebook_sizes[s]
-            bad = (column < 0) | (column >= k)
-            if bool(bad.any()):
-                raise AekitError(
-                    f"index {int(column[bad][0])} in slot {s} is outside the codebook 0..{k - 1}"
-                )
-        return idx
+        idx = torch.as_tensor(indices).detach().cpu()
+        return validate_indices(
+            idx, self.positions, self.codebook_sizes, prefix=True, owner="the index prior"
+        )
 
     def log2_prob(self, indices: torch.Tensor) -> torch.Tensor:
         """log2 p(indices) of each example, (N,) float64: minus its ideal code length in bits.
@@ -239,23 +228,8 @@ class IndexPrior:
 def encode_all_indices(
     model: Autoencoder, data: TensorData, batch_size: int = 1000
 ) -> torch.Tensor:
-    """The indices (N, positions, slots) of every example of `data`, on the CPU, encoded in
-    eval mode in batches (conditional models with each example's label); the model's training
-    mode is restored afterwards."""
-    if batch_size < 1:
-        raise AekitError(f"batch size must be at least 1 (got {batch_size})")
-    q = model.quantizer  # a clear error for continuous models
-    was_training = model.training
-    model.eval()
-    try:
-        device = model.device
-        chunks = [
-            model.encode_indices(batch.x.to(device), batch.y if model.conditional else None).cpu()
-            for batch in data.batches(batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, q.positions, q.slots, dtype=torch.long)
+    """The indices (N, positions, slots) of every example of `data`, on the CPU."""
+    return encode_all(model, data, batch_size, indices=True)
 
 
 def fit_index_prior(

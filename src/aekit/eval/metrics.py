@@ -129,20 +129,28 @@ def _code_counter(model: Autoencoder) -> CodeCounter | None:
 
 
 @torch.no_grad()
-def encode_all(model: Autoencoder, data: TensorData, batch_size: int = 1000) -> torch.Tensor:
-    """The codes of every example of `data` (N, latent_dim) on the CPU, encoded in eval
-    mode in batches (conditional models with each example's label); the model's training
-    mode is restored afterwards."""
+def encode_all(
+    model: Autoencoder, data: TensorData, batch_size: int = 1000, *, indices: bool = False
+) -> torch.Tensor:
+    """The codes of every example of `data` (N, latent_dim) on the CPU, or with `indices` a
+    quantizer's code indices (N, positions, slots), encoded in eval mode in batches
+    (conditional models with each example's label); the model's training mode is restored
+    afterwards."""
     if batch_size < 1:
         raise AekitError(f"batch size must be at least 1 (got {batch_size})")
+    if indices:
+        q = model.quantizer  # a clear error for continuous models
+        encode, empty = model.encode_indices, torch.empty(0, q.positions, q.slots).long()
+    else:
+        encode, empty = model.encode, torch.empty(0, model.latent_dim)
     was_training = model.training
     model.eval()
     try:
         device = model.device
         chunks = [
-            model.encode(batch.x.to(device), batch.y if model.conditional else None).cpu()
+            encode(batch.x.to(device), batch.y if model.conditional else None).cpu()
             for batch in data.batches(batch_size)
         ]
     finally:
         model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, model.latent_dim)
+    return torch.cat(chunks) if chunks else empty
