@@ -139,16 +139,14 @@ class Quantizer(Bottleneck):
         q = self.quantize(h.reshape(b * self.positions, self.code_dim))
         z = q.z_q.reshape(b, self.latent_dim)
         losses = {name: v.reshape(b, self.positions).sum(1) for name, v in q.losses.items()}
-        error = (h.detach() - z.detach()).pow(2).sum(1)
         return BottleneckOutput(
             z=z if samples == 1 else z.repeat(samples, 1),
             code=z,
             samples=samples,
             losses=losses,
-            params={
-                "indices": q.indices.reshape(b, self.positions, self.slots),
-                "quantization_error": error,
-            },
+            # The encoder output is kept (not copied) so that evaluation can measure the
+            # quantisation error |h - z_q|^2 without training paying for it.
+            params={"indices": q.indices.reshape(b, self.positions, self.slots), "features": h},
         )
 
     @torch.no_grad()

@@ -131,6 +131,17 @@ class VectorQuantizer(Quantizer):
             # Zero, as in CVQ-VAE: codes the first batches leave unused are moved at once.
             self.register_buffer("usage", torch.zeros(k))
         self.register_buffer("initialised", torch.tensor(options.kmeans_init == 0))
+        self._initialised_seen = False
+
+    def is_initialised(self) -> bool:
+        """Whether k-means has run, read from the buffer (a device sync) only until it has."""
+        if not self._initialised_seen:
+            self._initialised_seen = bool(self.initialised)
+        return self._initialised_seen
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialised_seen = False  # the loaded buffer decides again
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
@@ -148,7 +159,7 @@ class VectorQuantizer(Quantizer):
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """The nearest codes e (N, D) with the gradient path to the codebook, their indices (N,),
         and the commitment and codebook losses per vector. `x` is already normalised if cosine."""
-        if self.training and not bool(self.initialised):
+        if self.training and self.options.kmeans_init and not self.is_initialised():
             self.initialise(x.detach())
         codebook = self.codebook()
         with torch.no_grad():
@@ -159,7 +170,7 @@ class VectorQuantizer(Quantizer):
         losses = {"commitment": o.commitment * (x - e.detach()).pow(2).sum(1)}
         if not o.ema:
             losses["codebook"] = (x.detach() - e).pow(2).sum(1)
-        if self.training:
+        if self.training and (o.ema or o.restart):
             self.update_codebook(x.detach(), indices, distances)
         return e, indices, losses
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from aekit.bottlenecks.base import BottleneckOutput
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError
 from aekit.models.autoencoder import Autoencoder
@@ -74,6 +75,12 @@ class CodeCounter:
         self.error: torch.Tensor | None = None
         """Summed |h - z_q|^2 of the examples, once `update` is given errors."""
         self.examples = 0
+
+    def add(self, b: BottleneckOutput) -> None:
+        """Count the codes of a quantizer's forward pass and its quantisation errors
+        |h - z_q|^2 per example (h: the encoder output it kept)."""
+        error = (b.params["features"] - b.code).detach().pow(2).sum(1)
+        self.update(b.params["indices"], error)
 
     def update(self, indices: torch.Tensor, quantization_error: torch.Tensor | None = None) -> None:
         """Count indices (B, positions, slots) (int, each within its slot's codebook) and add
@@ -164,8 +171,7 @@ def count_codes(model: Autoencoder, data: TensorData, batch_size: int = 1000) ->
         for batch in data.batches(batch_size):
             c = batch.y if model.conditional else None
             out = model(batch.x.to(device), step=None, corrupt=False, condition=c)
-            params = out.bottleneck.params
-            counter.update(params["indices"], params["quantization_error"])
+            counter.add(out.bottleneck)
     finally:
         model.train(was_training)
     return counter

@@ -65,8 +65,7 @@ def evaluate(
             mean = model.decode(out.code, c)
             sq_err += (mean - x).pow(2).sum()
             if counter is not None:
-                params = out.bottleneck.params
-                counter.update(params["indices"], params["quantization_error"])
+                counter.add(out.bottleneck)
             if detailed:
                 analytic_kl = out.bottleneck.kl is not None
                 if analytic_kl:
