@@ -130,7 +130,6 @@ def measure(name: str, splits, args, stages: int | None = None) -> dict:
     from aekit.compress import fit_index_prior
     from aekit.compress.baselines import psnr
     from aekit.compress.codec import compress_indices, decompress_indices
-    from aekit.eval.codebook import codebook_health_of
 
     out = run_dir(args, name)
     model = aekit.load(out)
@@ -160,11 +159,11 @@ def measure(name: str, splits, args, stages: int | None = None) -> dict:
         file_bytes=path.stat().st_size,
     )
     if stages is None:
-        health = codebook_health_of(model, test)
-        row.update({k: health[k] for k in ("codebook_usage", "codebook_perplexity", "dead_codes")})
-        row["codebook_size"] = health["codebook_size"]
-        row["quantization_error"] = health["quantization_error"]
-        row["test_loss"] = evaluate(model, test)["loss"]
+        # One pass gives the test loss and the codebook health together.
+        metrics = evaluate(model, test, detailed=True)
+        keys = ("codebook_usage", "codebook_perplexity", "dead_codes", "codebook_size")
+        row.update({k: metrics[k] for k in (*keys, "quantization_error")})
+        row["test_loss"] = metrics["loss"]
     print(json.dumps(row), flush=True)
     return row
 
