@@ -90,6 +90,38 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recipe,
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
 
 
+def test_a_crash_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
+    # An autoencoder has no sampling noise, so the resumed run must match exactly.
+    train, val = data(), data(32, seed=1)
+    every = {"epochs": 2, "checkpoint_every": 4, "log_every": 2}
+    whole = make("ae")
+    aekit.Trainer(whole, train, val, config(tmp_path, "whole", **every)).fit()
+
+    crashed = make("ae")
+    calls = {"n": 0}
+
+    def crash_at_step_9(module, inputs, output):
+        calls["n"] += module.training
+        if calls["n"] == 9:  # epoch 1 has 6 steps: this is step 3 of epoch 2
+            raise Crash
+
+    crashed.decoder.register_forward_hook(crash_at_step_9)
+    with pytest.raises(Crash):
+        aekit.Trainer(crashed, train, val, config(tmp_path, "crashed", **every)).fit()
+    saved = ckpt.load_checkpoint(
+        tmp_path / "crashed" / ckpt.LAST, make("ae"), torch.optim.Adam(make("ae").parameters())
+    )
+    assert saved["step"] == 8 and saved["epoch"] == 1
+    resumed = make("ae", seed=5)
+    result = aekit.Trainer(resumed, train, val, config(tmp_path, "crashed", **every)).fit(
+        resume=True
+    )
+    assert result.steps == 12
+    assert_same(weights(whole), weights(resumed))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "steps.jsonl").open()]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
 def test_same_seed_same_run_and_other_seed_other_run():
     runs = []
     for seed in (0, 0, 1):
@@ -120,9 +152,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert aekit.load(run).encode(torch.rand(2, 1, 8, 8)).isfinite().all()
 
 
-def test_early_stopping_and_best_weights(tmp_path, monkeypatch):
+def test_early_stopping_and_best_weights(tmp_path):
     val_losses = iter([3.0, 2.0, 2.5, 2.6, 1.0])
-    monkeypatch.setattr("aekit.train.trainer.evaluate", lambda *a, **k: {"loss": next(val_losses)})
     snapshots = []
     model = make()
     result = aekit.Trainer(
@@ -131,6 +162,7 @@ def test_early_stopping_and_best_weights(tmp_path, monkeypatch):
         data(32, 1),
         config(tmp_path, epochs=5, patience=2),
         callbacks=[lambda t, r: snapshots.append(weights(t.model))],
+        evaluator=lambda *a, **k: {"loss": next(val_losses)},
     ).fit()
     assert result.stopped_early and result.epochs == 4
     assert result.best_epoch == 2 and result.best_val_loss == 2.0

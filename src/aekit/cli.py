@@ -23,6 +23,7 @@ from aekit.io import atomic_path, atomic_write_json
 from aekit.models.config import SLOTS, ModelConfig
 from aekit.nets import NetConfig
 from aekit.registry import DEFAULT_KINDS, RECIPES, build, build_from_config, get_recipe
+from aekit.sae.train import is_sae_run
 from aekit.train import TrainConfig, Trainer
 from aekit.train import checkpoint as ckpt
 from aekit.train.trainer import resolve_device
@@ -157,6 +158,10 @@ def main_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build RUN/report.html")
     p.add_argument("run")
 
+    from aekit.sae.cli import add_sae_commands
+
+    add_sae_commands(sub)
+
     p = sub.add_parser(
         "compress",
         help="compress images with a quantizer run: indices range-coded under its index prior",
@@ -202,10 +207,25 @@ def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_models(_: argparse.Namespace) -> int:
-    width = max(len(name) for name in RECIPES)
-    for name, recipe in RECIPES.items():
+    from aekit.sae.recipes import SAE_RECIPES
+
+    recipes = {**RECIPES, **SAE_RECIPES}
+    width = max(len(name) for name in recipes)
+    for name, recipe in recipes.items():
         print(f"{name:<{width}}  {recipe.summary}  [{recipe.paper}]")
     return 0
+
+
+def is_sae_command(argv: list[str]) -> bool:
+    """Whether `aekit train ARGV` trains (or resumes) a sparse autoencoder."""
+    from aekit.sae.recipes import SAE_RECIPES
+
+    if argv and argv[0] in SAE_RECIPES:
+        return True
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--resume")
+    known, _ = probe.parse_known_args(argv)
+    return bool(known.resume) and is_sae_run(ckpt.read_config(known.resume))
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -372,8 +392,18 @@ def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorDa
     return data, split, spec.source
 
 
+def cmd_sae(args: argparse.Namespace) -> int:
+    from aekit.sae.cli import cmd_sae as run
+
+    return run(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     config = ckpt.read_config(args.run)
+    if is_sae_run(config):
+        from aekit.sae.cli import cmd_eval_sae
+
+        return cmd_eval_sae(args)
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     data, split, source = run_data(args, config)
@@ -533,6 +563,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if is_sae_run(ckpt.read_config(args.run)):
+        from aekit.sae.report import build_sae_report
+
+        print(f"report: {build_sae_report(Path(args.run))}")
+        return 0
     from aekit.report import build_report
 
     print(f"report: {build_report(Path(args.run))}")
@@ -607,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     saved = log.handlers[:], log.level, log.propagate
     try:
         if argv and argv[0] == "train":
+            if is_sae_command(argv[1:]):
+                from aekit.sae.cli import cmd_train_sae
+
+                return cmd_train_sae(argv[1:], setup_logging)
             return cmd_train(argv[1:])
         args = main_parser().parse_args(argv)
         if args.command is None:
@@ -621,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": cmd_report,
             "compress": cmd_compress,
             "decompress": cmd_decompress,
+            "sae": cmd_sae,
         }[args.command]
         return command(args)
     except AekitError as e:

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.bottlenecks.quantizer import Quantizer
 from aekit.corruption import Corruption
+from aekit.data.tensor_data import Batch, TensorData
 from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
 from aekit.models.config import ModelConfig
@@ -88,6 +89,15 @@ class Autoencoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def check_data(self, data: TensorData) -> None:
+        """Whether a dataset fits the model: shape, labels, and the likelihood's support."""
+        if self.conditional and data.y is None:
+            raise AekitError(
+                f"the model is conditional but the {data.name} has no labels/conditions"
+            )
+        self.check_input(data.x[:1])
+        self.likelihood.check_data(data.x, data.name)
 
     def check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.input_shape:
@@ -172,6 +182,17 @@ class Autoencoder(nn.Module):
             log_px=log_px,
             inference_loss=objective.inference_loss,
         )
+
+    def step_forward(self, batch: Batch, step: int) -> AutoencoderOutput:
+        """One training batch, for the shared trainer."""
+        return self(batch.x, step=step, condition=batch.y if self.conditional else None)
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (nothing to do: codebooks update in forward)."""
+
+    def schedule_end(self) -> int:
+        """The step at which the objective's schedules (warm-ups, annealing) end."""
+        return self.objective.schedule_end()
 
     def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) of every draw, (samples, B), from the decoder's output for

@@ -36,7 +36,11 @@ def _cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
 
 
 def save_weights(path: str | Path, model: nn.Module) -> None:
-    write_safetensors(path, _cpu_tensors(model.state_dict()), "aekit-weights")
+    """The weights for inference. A sparse autoencoder's input normalisation is folded in,
+    so the saved model takes and returns raw activations."""
+    fold = getattr(model, "folded_state_dict", None)
+    state = fold() if fold is not None else model.state_dict()
+    write_safetensors(path, _cpu_tensors(state), "aekit-weights")
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -146,9 +150,15 @@ def load(
     from aekit.latent_density import LATENT_DENSITY, LatentGMM
     from aekit.models.config import ModelConfig
     from aekit.registry import build_from_config
+    from aekit.sae.recipes import SAE_RECIPES
 
     run = Path(run)
-    config = ModelConfig.from_dict(read_config(run)["model"])
+    saved = read_config(run)
+    if saved["model"].get("recipe") in SAE_RECIPES:
+        from aekit.sae.train import load_sae
+
+        return load_sae(run, device=device)
+    config = ModelConfig.from_dict(saved["model"])
     model = build_from_config(config, encoder, decoder)
     if checkpoint == "best":
         load_weights(run / WEIGHTS, model)

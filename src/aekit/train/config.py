@@ -42,6 +42,11 @@ class TrainConfig(SavedConfig):
     """Run directory (config, weights, checkpoints, metrics, report); None: keep nothing on disk."""
     progress: bool = True
     """Show a progress bar with the loss and throughput."""
+    log_every: int = 0
+    """Also record the training terms every this many steps in RUN/steps.jsonl (0: off)."""
+    checkpoint_every: int = 0
+    """Also write the resumable checkpoint every this many steps, for long epochs (0: at the
+    end of each epoch only)."""
     tensorboard: bool = False
     """Also log to TensorBoard in RUN/tensorboard (needs the `tensorboard` package)."""
 
@@ -53,7 +58,8 @@ class TrainConfig(SavedConfig):
         if not self.lr > 0:
             raise AekitError(f"lr must be positive (got {self.lr})")
         for name in (
-            "weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio", "nll_k"
+            "weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio", "nll_k",
+            "log_every", "checkpoint_every",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")

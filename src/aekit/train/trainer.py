@@ -9,6 +9,7 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -32,7 +33,12 @@ from aekit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+STEPS = "steps.jsonl"
+
 Callback = Callable[["Trainer", dict[str, Any]], None]
+Evaluator = Callable[..., dict[str, Any]]
+"""Validation metrics of a model on data (keyword arguments batch_size and seed); the
+record must hold the `loss` that selects the best epoch."""
 
 
 def derive_seed(*parts: int) -> int:
@@ -63,8 +69,10 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
 
 
-def as_data(data: TensorData | torch.Tensor | np.ndarray | None, name: str) -> TensorData | None:
-    if data is None or isinstance(data, TensorData):
+def as_data(data: Any, name: str) -> Any:
+    """Arrays become TensorData; anything that already batches itself (TensorData, an
+    activation store's view, a model stream) is used as it is."""
+    if data is None or hasattr(data, "batches"):
         return data
     return TensorData(data, name=name)
 
@@ -92,13 +100,14 @@ class FitResult:
 class Trainer:
     def __init__(
         self,
-        model: Autoencoder,
+        model: Autoencoder | Any,
         train_data: TensorData | torch.Tensor | np.ndarray,
         val_data: TensorData | torch.Tensor | np.ndarray | None = None,
         config: TrainConfig | None = None,
         *,
         callbacks: Sequence[Callback] = (),
         extra_config: dict[str, Any] | None = None,
+        evaluator: Evaluator = evaluate,
     ) -> None:
         self.config = config or TrainConfig()
         self.model = model
@@ -107,14 +116,10 @@ class Trainer:
         if self.train_data is None or len(self.train_data) == 0:
             raise AekitError("the training data is empty")
         for data in (self.train_data, self.val_data):
-            if data is not None and model.conditional and data.y is None:
-                raise AekitError(
-                    f"the model is conditional but the {data.name} has no labels/conditions"
-                )
             if data is not None and len(data) > 0:
-                model.check_input(data.x[:1])
-                model.likelihood.check_data(data.x, data.name)
+                model.check_data(data)
         self.callbacks = list(callbacks)
+        self.evaluator = evaluator
         self.extra_config = extra_config or {}
         self.run_dir = Path(self.config.out) if self.config.out else None
         self.device = resolve_device(self.config.device)
@@ -142,6 +147,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Without a checkpoint nothing here can be resumed: a first epoch cut short starts over.
         (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
+        (self.run_dir / STEPS).unlink(missing_ok=True)
         ckpt.write_config(self.run_dir, self._config_sections())
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> None:
@@ -160,6 +166,9 @@ class Trainer:
         ]
         lines = "".join(json.dumps(r) + "\n" for r in self.history)
         atomic_write_text(self.run_dir / ckpt.METRICS, lines)
+        if (self.run_dir / STEPS).is_file():
+            kept = [r for r in read_jsonl(self.run_dir / STEPS) if r["step"] <= self.state.step]
+            atomic_write_text(self.run_dir / STEPS, "".join(json.dumps(r) + "\n" for r in kept))
         ckpt.write_config(self.run_dir, self._config_sections())
         log.info(
             "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
@@ -189,12 +198,12 @@ class Trainer:
 
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         total_steps = cfg.epochs * steps_per_epoch
-        schedule_end = model.objective.schedule_end()
+        schedule_end = model.schedule_end()
         if schedule_end > total_steps:
             log.warning(
                 "the %s schedule ends at step %d but this run has %d steps: it will stop at "
                 "%.0f%% of its final value",
-                model.config.objective.kind,
+                model.config.recipe,
                 schedule_end,
                 total_steps,
                 100 * total_steps / schedule_end,
@@ -209,7 +218,7 @@ class Trainer:
                     epoch, train, optimizer, steps_per_epoch, total_steps, writer
                 )
                 if val is not None:
-                    record["val"] = evaluate(
+                    record["val"] = self.evaluator(
                         model,
                         val,
                         batch_size=cfg.eval_batch_size,
@@ -253,8 +262,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)  # shuffling and binarisation
         sums: dict[str, torch.Tensor] = {}
         seen = 0
+        lr = learning_rate(self.state.step, total_steps, cfg)
         check_every = 1 if self.device.type == "cpu" else 25
-        cond = model.conditional
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.epochs}",
@@ -263,15 +272,19 @@ class Trainer:
             disable=not cfg.progress,
             dynamic_ncols=True,
         )
+        # A checkpoint written mid-epoch resumes here: the epoch's batch order is a function
+        # of (seed, epoch), so skipping the batches already trained on continues it exactly.
+        done = self.state.step - (epoch - 1) * steps_per_epoch
+        bar.update(done)
+        batches = train.batches(cfg.batch_size, shuffle=True, generator=generator)
+        batches = itertools.islice(batches, done, None)
         start = time.perf_counter()
         with bar:
-            for i, batch in enumerate(
-                train.batches(cfg.batch_size, shuffle=True, generator=generator)
-            ):
+            for i, batch in enumerate(batches, start=done):
                 lr = learning_rate(self.state.step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = model(batch.x, step=self.state.step, condition=batch.y if cond else None)
+                out = model.step_forward(batch, self.state.step)
                 if (i + 1) % check_every == 0 and not torch.isfinite(out.loss):
                     self._diverged(epoch, out.terms)
                 optimizer.zero_grad(set_to_none=True)
@@ -279,6 +292,7 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                model.after_step()
                 self.state.step += 1
                 n = batch.x.shape[0]
                 seen += n
@@ -290,8 +304,9 @@ class Trainer:
                 bar.update(1)
                 if writer is not None and self.state.step % 50 == 0:
                     writer.add_scalar("train_step/loss", out.loss.item(), self.state.step)
+                self._every_steps(out.terms, optimizer)
         seconds = time.perf_counter() - start
-        means = {name: float(total) / seen for name, total in sums.items()}
+        means = {name: float(total) / seen for name, total in sums.items()} if seen else {}
         if not all(math.isfinite(v) for v in means.values()):
             self._diverged(epoch, means)
         return {
@@ -302,6 +317,20 @@ class Trainer:
             "train_seconds": seconds,
             "examples_per_second": seen / max(seconds, 1e-9),
         }
+
+    def _every_steps(
+        self, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> None:
+        cfg, step = self.config, self.state.step
+        if self.run_dir is None:
+            return
+        if cfg.log_every and step % cfg.log_every == 0:
+            values = {name: float(value) for name, value in terms.items()}
+            append_jsonl(self.run_dir / STEPS, {"step": step, **values})
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            ckpt.save_checkpoint(
+                self.run_dir / ckpt.LAST, self.model, optimizer, self.state.__dict__
+            )
 
     def _diverged(self, epoch: int, terms: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
@@ -358,7 +387,9 @@ class Trainer:
         if epoch not in (1, epochs) and epoch % max(1, epochs // 10):
             return
         train, val = record["train"], record.get("val", {})
-        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"train loss {train['loss']:.4g}"]
+        parts = [f"epoch {record['epoch']}/{self.config.epochs}"]
+        if "loss" in train:
+            parts.append(f"train loss {train['loss']:.4g}")
         if "elbo" in val:
             parts.append(f"val elbo {val['elbo']:.4g} nats")
         elif "loss" in val:
