@@ -200,6 +200,10 @@ def test_bad_input_gets_one_line_errors(store, tmp_path, capsys):
     assert "unknown" in error(["train", "sae-nope", "--activations", str(store)])
     assert "--target-site" in error(["train", "transcoder", "--activations", str(store)])
     assert "give the activations" in error(["train", "sae-topk"])
+    run = tmp_path / "ok"
+    assert main(["train", "sae-topk", "--activations", str(store), "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    assert "sparse autoencoder run" in error(["sample", str(run)])
 
     broken = tmp_path / "broken"
     broken.mkdir()

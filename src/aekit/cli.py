@@ -652,6 +652,13 @@ def main(argv: list[str] | None = None) -> int:
             main_parser().print_help()
             return 2
         setup_logging(False)
+        if args.command in ("sample", "encode", "compress") and is_sae_run(
+            ckpt.read_config(args.run)
+        ):
+            raise AekitError(
+                f"{args.run} is a sparse autoencoder run: `aekit {args.command}` works on image "
+                "autoencoders; use aekit eval/report, or aekit.load(RUN).encode_sparse(x) in Python"
+            )
         command = {
             "models": cmd_models,
             "eval": cmd_eval,

@@ -63,7 +63,7 @@ class SiteView:
         return len(self.data)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: Any = None) -> Any:
-        for batch in self.data.batches(batch_size, shuffle, generator):
+        for batch in self.data.batches(batch_size, shuffle=shuffle, generator=generator):
             yield pick(batch, self.site, self.target)
 
 

@@ -61,7 +61,7 @@ SAE_RECIPES: dict[str, SAERecipe] = {
         SAERecipe(
             "sae-abstopk",
             "AbsTopK: the k largest |pre-activations| with their signs (bidirectional features)",
-            "AbsTopK: rethinking sparse autoencoders for bidirectional features",
+            "AbsTopK: rethinking sparse autoencoders for bidirectional features (2025)",
             {"activation": "abstopk"},
         ),
         SAERecipe(
