@@ -301,6 +301,8 @@ def test_initialise_scales_to_unit_mean_squared_norm_and_sets_b_dec():
     torch.testing.assert_close(model.b_dec.detach(), x_n.mean(0))
     tied = make()
     torch.testing.assert_close(tied.W_enc, tied.W_dec)
+    scaled = make(encoder_init_norm=0.5)  # the transpose's directions at another norm
+    torch.testing.assert_close(scaled.W_enc, 0.5 * scaled.W_dec / scaled.W_dec.norm(dim=1)[:, None])
 
 
 # ---------------------------------------------------------------- gradients everywhere

@@ -47,6 +47,10 @@ class SAEConfig(SavedConfig):
     """geometric_median (Bricken et al. 2023, Gao et al. 2024), mean or zeros of the target."""
     tied_init: bool = True
     """Initialise the encoder as the decoder's transpose (Gao et al.; Anthropic 2024)."""
+    encoder_init_norm: float = 0.0
+    """Norm of the initial encoder rows (0: the decoder rows' norm, an exact transpose). Adam's
+    steps do not scale with the weights, so smaller rows move faster early: sparsify's
+    nn.Linear init gives about 0.577 (1/sqrt 3)."""
     normalize: bool = True
     """Scale inputs and targets to unit mean squared norm, with constants fitted at
     initialisation and folded into the saved weights."""
@@ -95,6 +99,8 @@ class SAEConfig(SavedConfig):
         for name in ("l1_coefficient", "aux_coefficient", "l0_coefficient"):
             if getattr(self, name) < 0:
                 raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")
+        if self.encoder_init_norm < 0:
+            raise AekitError(f"encoder_init_norm must be >= 0 (got {self.encoder_init_norm})")
         for name in ("threshold_init", "bandwidth", "decoder_init_norm"):
             if getattr(self, name) <= 0:
                 raise AekitError(f"{name} must be positive (got {getattr(self, name)})")

@@ -93,8 +93,11 @@ class SparseAutoencoder(nn.Module):
         norm = 1.0 if config.unit_norm_decoder else config.decoder_init_norm
         self.W_dec = nn.Parameter(random_rows(n, self.d_out, norm))
         tied = config.tied_init and self.d_in == self.d_out
+        encoder_norm = config.encoder_init_norm or norm
         self.W_enc = nn.Parameter(
-            self.W_dec.detach().clone() if tied else random_rows(n, self.d_in, norm)
+            self.W_dec.detach() * (encoder_norm / norm)
+            if tied
+            else random_rows(n, self.d_in, encoder_norm)
         )
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(self.d_out))
