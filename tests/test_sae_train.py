@@ -104,9 +104,11 @@ def test_capture_train_eval_report_and_the_saved_model(store, tmp_path, capsys):
     fvu = (saved.reconstruct(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert fvu < 1.5
 
-    # aekit eval and aekit report work on SAE runs too.
+    # aekit eval and aekit report work on SAE runs too, and the run resumes for longer.
     assert main(["eval", str(run)]) == 0
     assert main(["report", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--no-report"]) == 0
+    assert [json.loads(r)["epoch"] for r in (run / ckpt.METRICS).open()] == [1, 2, 3]
 
 
 def test_a_crashed_run_resumes_and_matches_an_uninterrupted_one(store, tmp_path, monkeypatch):
