@@ -244,6 +244,10 @@ def test_writer_checks_its_inputs(tmp_path):
         w.add({"a": torch.zeros(3, 5)}, z, z, z)
     with pytest.raises(AekitError, match="sites"):
         w.add({"b": torch.zeros(3, 4)}, z, z, z)
+    with pytest.raises(AekitError, match=r"site 'a'.*infinite as float16.*bfloat16"):
+        w.add({"a": torch.full((3, 4), 1e5)}, z, z, z)  # finite, but beyond float16's range
+    with pytest.raises(AekitError, match="already in the model's output"):
+        w.add({"a": torch.full((3, 4), float("nan"))}, z, z, z)
     with pytest.raises(AekitError, match="no activations"):
         w.close()
 

@@ -265,7 +265,16 @@ class StoreWriter:
             return
         dtype = DTYPES[self.dtype]
         for site, act in activations.items():
-            self._pending[f"act.{site}"].append(act.detach().to("cpu", dtype).contiguous())
+            stored = act.detach().to("cpu", dtype).contiguous()
+            # Checked once here, as stored: float16 overflows above 65504, and a store with
+            # inf or NaN in it would only fail later, in every training step that reads it.
+            if not bool(torch.isfinite(stored).all()):
+                raw = "" if bool(torch.isfinite(act).all()) else " (already in the model's output)"
+                raise AekitError(
+                    f"site {site!r}: activations are NaN or infinite as {self.dtype}{raw}; "
+                    "capture with --dtype bfloat16 or float32 if they overflow float16"
+                )
+            self._pending[f"act.{site}"].append(stored)
         self._pending["context"].append(context.detach().to("cpu", torch.int64))
         self._pending["position"].append(position.detach().to("cpu", torch.int32))
         self._pending["token"].append(token.detach().to("cpu", torch.int32))
