@@ -31,7 +31,7 @@ CODEBOOK_PANELS = 4
 
 
 @contextlib.contextmanager
-def _figure(path: Path, ncols: int = 1, size: tuple[float, float] = (5.0, 4.0)) -> Iterator[Any]:
+def figure_row(path: Path, ncols: int = 1, size: tuple[float, float] = (5.0, 4.0)) -> Iterator[Any]:
     """Yield a row of `ncols` axes; on exit the figure is written to `path` atomically."""
     fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
     FigureCanvasAgg(fig)
@@ -96,7 +96,7 @@ def curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         raise AekitError("no epochs recorded: nothing to plot")
     recorded = {key for r in history for split in ("train", "val") for key in r.get(split, {})}
     panels = [key for key in PANELS if key in recorded]
-    with _figure(path, len(panels), (4.0, 3.0)) as axes:
+    with figure_row(path, len(panels), (4.0, 3.0)) as axes:
         for ax, key in zip(axes, panels, strict=True):
             for split in ("train", "val"):
                 points = [(r["epoch"], r[split][key]) for r in history if key in r.get(split, {})]
@@ -110,7 +110,7 @@ def curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
 def kl_per_dim(values: Sequence[float], path: str | Path) -> Path:
     """A bar per latent dimension: its KL to the prior in nats."""
     path = Path(path)
-    with _figure(path, size=(max(4.0, 0.25 * len(values)), 3.0)) as (ax,):
+    with figure_row(path, size=(max(4.0, 0.25 * len(values)), 3.0)) as (ax,):
         ax.bar(range(len(values)), values)
         ax.set(xlabel="latent dimension", ylabel="KL (nats)", title="KL per latent dimension")
     return path
@@ -127,7 +127,7 @@ def codebook_usage(
     if not counts:
         raise AekitError("no code counts: nothing to plot")
     shown = list(counts)[:max_panels]
-    with _figure(path, len(shown), (4.0, 3.0)) as axes:
+    with figure_row(path, len(shown), (4.0, 3.0)) as axes:
         for s, (ax, slot) in enumerate(zip(axes, shown, strict=True)):
             ranked = np.sort(np.asarray(slot, dtype=np.int64))[::-1]
             used = int((ranked > 0).sum())
@@ -218,7 +218,7 @@ def traversal(
         images = _batched(model.decode, grid_z, model.device)
     grid = image_grid(images, nrow=steps)
     pitch = (grid.shape[0] - 1) / len(order)
-    with _figure(path, size=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
+    with figure_row(path, size=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_yticks([pitch * (i + 0.5) for i in range(len(order))], [f"z{d}" for d in order])
         ax.set_xticks([])
@@ -242,7 +242,7 @@ def latent_pca(
     coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))  # latent_dim 1, or 1 example
     total = z.var(0).sum()
     share = coords.var(0) / total if total > 0 else np.zeros(2)
-    with _figure(path, size=(5.5, 4.5)) as (ax,):
+    with figure_row(path, size=(5.5, 4.5)) as (ax,):
         _scatter_by_label(ax, coords, y)
         ax.set(
             xlabel=f"{names[0]} ({share[0]:.1%} of variance)",
@@ -311,7 +311,7 @@ def interpolation(
     grid = image_grid(rows.reshape(-1, *ends.shape[1:]), nrow=steps + 2)
     pitch = (grid.shape[1] - 1) / (steps + 2)
     ticks = ["A", *(f"{t:.2g}" for t in np.linspace(0, 1, steps)), "B"]
-    with _figure(path, size=(7.0, 7.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
+    with figure_row(path, size=(7.0, 7.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_xticks([pitch * (i + 0.5) for i in range(steps + 2)], ticks, fontsize="small")
         ax.set_yticks([])
@@ -349,7 +349,7 @@ def prior_vs_posterior(
     path = Path(path)
     with _inference(model):
         z = _codes(model, x).double().numpy()
-    with _figure(path, size=(5.5, 4.5)) as (ax,):
+    with figure_row(path, size=(5.5, 4.5)) as (ax,):
         if prior is not None:
             p = prior.detach().cpu().double().numpy()
             ax.scatter(p[:, 0], p[:, 1], s=4, c="0.7", alpha=0.5, label=prior_label, zorder=0)

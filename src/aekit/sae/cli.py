@@ -161,6 +161,8 @@ def cmd_train_sae(argv: list[str], setup_logging: Any) -> int:
     if args.resume:
         return resume(args, train_values)
     source = ActivationSource(**section_values(args, "source"))
+    from aekit.cli import fresh_run_dir
+
     train_values["out"] = train_values.get("out") or str(fresh_run_dir(args.model))
     if source.site and "," in source.site:
         return train_sites(args, source, train_values)
@@ -215,20 +217,14 @@ def resume(args: argparse.Namespace, train_values: dict[str, Any]) -> int:
     return finish(model, result, opened, source, args)
 
 
-def fresh_run_dir(recipe: str) -> Path:
-    from aekit.cli import fresh_run_dir as fresh
-
-    return fresh(recipe)
-
-
 def finish(model: Any, result: Any, opened: Any, source: ActivationSource, args: Any) -> int:
-    from aekit.sae.evaluate import evaluate_run, load_source_model
+    from aekit.sae.evaluate import load_source_model
 
     run = Path(result.run_dir)
     device = next(model.parameters()).device
     hf = None if args.no_splice and args.no_report else load_source_model(opened.model_name, device)
     if not args.no_eval:
-        evaluate_run(run, model=model, opened=opened, source_model=None if args.no_splice else hf)
+        evaluate(run, model, opened, None if args.no_splice else hf)
     if not args.no_report:
         from aekit.sae.report import build_sae_report
 
@@ -238,17 +234,22 @@ def finish(model: Any, result: Any, opened: Any, source: ActivationSource, args:
     return 0
 
 
-def cmd_eval_sae(args: argparse.Namespace) -> int:
-    from aekit.sae.evaluate import evaluate_run, load_source_model
+def evaluate(run: Path, model: Any, opened: Any, source_model: Any) -> None:
+    """RUN/eval.json from the held-out rows, printed as `aekit eval` prints."""
+    from aekit.cli import print_metrics, write_eval
+    from aekit.sae.evaluate import held_out_metrics
 
-    model = load_sae(args.run)
+    metrics = held_out_metrics(model, opened, source_model)
+    source = ActivationSource.from_dict(ckpt.read_config(run)["activation_source"])
+    write_eval(run / ckpt.EVAL, metrics, "held-out rows", source.activations or source.model)
+    splice = metrics.get("splice", {})
+    print_metrics({**metrics, **{f"splice.{k}": v for k, v in splice.items()}})
+
+
+def cmd_eval_sae(args: argparse.Namespace) -> int:
+    from aekit.sae.evaluate import load_source_model
+
     config = ckpt.read_config(args.run)
-    source = ActivationSource.from_dict(config["activation_source"])
-    opened = open_source(source)
-    evaluate_run(
-        Path(args.run),
-        model=model,
-        opened=opened,
-        source_model=load_source_model(opened.model_name),
-    )
+    opened = open_source(ActivationSource.from_dict(config["activation_source"]))
+    evaluate(Path(args.run), load_sae(args.run), opened, load_source_model(opened.model_name))
     return 0

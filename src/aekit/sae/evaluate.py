@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from aekit.errors import AekitError
-from aekit.io import atomic_write_json
-from aekit.sae.train import ActivationSource, OpenedSource, open_source
-from aekit.train import checkpoint as ckpt
+from aekit.sae.train import OpenedSource
 
 log = logging.getLogger("aekit")
 
@@ -21,29 +18,19 @@ SPLICE_CONTEXTS = 64
 """Held-out contexts the spliced model is run on."""
 
 
-def evaluate_run(
-    run: Path,
-    *,
+def held_out_metrics(
     model: Any,
-    opened: OpenedSource | None = None,
+    opened: OpenedSource,
     source_model: SourceModel | str | None = None,
     batch_size: int = 4096,
 ) -> dict[str, Any]:
     """Metrics on the held-out rows, and with `source_model` (the model, or a note why it is
-    missing) the downstream effect of splicing; written to RUN/eval.json and printed."""
+    missing) the downstream effect of splicing, under "splice"."""
     from aekit.sae.metrics import sae_metrics
 
-    config = ckpt.read_config(run)
-    source = ActivationSource.from_dict(config["activation_source"])
-    opened = opened or open_source(source)
     metrics = sae_metrics(model, opened.val, batch_size=batch_size)
     if source_model is not None:
         metrics["splice"] = splice_metrics(model, opened, source_model)
-    atomic_write_json(
-        run / ckpt.EVAL,
-        {"split": "held-out rows", "data": source.activations or source.model, "metrics": metrics},
-    )
-    print_sae_metrics(metrics)
     return metrics
 
 
@@ -94,18 +81,3 @@ def splice_metrics(model: Any, opened: OpenedSource, source: SourceModel | str) 
         exclude_special=bool(opened.special_ids),
         special_ids=opened.special_ids,
     )
-
-
-def print_sae_metrics(metrics: dict[str, Any]) -> None:
-    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
-    shown.update(
-        {
-            f"splice.{k}": v
-            for k, v in metrics.get("splice", {}).items()
-            if isinstance(v, int | float | str)
-        }
-    )
-    width = max(map(len, shown), default=0)
-    for key, value in shown.items():
-        text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        print(f"{key:>{width}}  {text}")

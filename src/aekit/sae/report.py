@@ -8,9 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from aekit.io import atomic_write_text, read_json, read_jsonl
+from aekit.report.figures import figure_row
 from aekit.report.html import CSS, FIGURES, _box, _figure_html, _table
 from aekit.train import checkpoint as ckpt
 from aekit.train.trainer import STEPS
@@ -25,48 +24,30 @@ CURVES = ("loss", "fvu", "l0", "auxk", "l1", "l0_penalty")
 
 
 def step_curves(steps: list[dict[str, Any]], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The training terms against the step, one panel each (None: nothing recorded)."""
     panels = [key for key in CURVES if any(key in r for r in steps)]
-    if not steps or not panels:
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
-    for ax, key in zip(axes[0], panels, strict=True):
-        points = [(r["step"], r[key]) for r in steps if key in r]
-        ax.plot(*zip(*points, strict=True))
-        ax.set(title=key, xlabel="step")
-        if key in ("loss", "fvu"):
-            ax.set_yscale("log")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure_row(path, len(panels), (3.6, 3.0)) as axes:
+        for ax, key in zip(axes, panels, strict=True):
+            points = [(r["step"], r[key]) for r in steps if key in r]
+            ax.plot(*zip(*points, strict=True))
+            ax.set(title=key, xlabel="step")
+            if key in ("loss", "fvu"):
+                ax.set_yscale("log")
     return path
 
 
-def density_histogram(density: list[float], tokens: int, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = np.asarray(density, dtype=np.float64)
-    alive = d[d > 0]
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
-    if alive.size:
-        ax.hist(np.log10(alive), bins=50)
-    ax.set(
-        xlabel="log10 firing frequency",
-        ylabel="latents",
-        title=f"{(d == 0).sum():,} of {d.size:,} latents never fired in {tokens:,} tokens",
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def density_histogram(histogram: dict[str, Any], tokens: int, path: Path) -> Path:
+    """The log10-density histogram that `sae_metrics` counted, dead latents in the title."""
+    edges, counts = histogram["edges"], histogram["counts"]
+    with figure_row(path, size=(5.0, 3.2)) as (ax,):
+        ax.stairs(counts, edges, fill=True)
+        ax.set(
+            xlabel="log10 firing frequency",
+            ylabel="latents",
+            title=f"{histogram['dead']:,} latents never fired in {tokens:,} tokens",
+        )
     return path
 
 
@@ -82,10 +63,13 @@ def build_sae_report(
     steps = read_jsonl(run / STEPS) if (run / STEPS).is_file() else []
     history = read_jsonl(run / ckpt.METRICS) if (run / ckpt.METRICS).is_file() else []
     figures: list[str] = []
+    (run / FIGURES).mkdir(exist_ok=True)
     if step_curves(steps, run / FIGURES / "sae_curves.png"):
         figures.append(_figure_html("sae_curves", "Training terms every few steps."))
-    if "density" in metrics:
-        density_histogram(metrics["density"], metrics.get("n", 0), run / FIGURES / "density.png")
+    if "log10_density_histogram" in metrics:
+        density_histogram(
+            metrics["log10_density_histogram"], metrics.get("n", 0), run / FIGURES / "density.png"
+        )
         figures.append(
             _figure_html(
                 "density",

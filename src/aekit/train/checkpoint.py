@@ -150,11 +150,11 @@ def load(
     from aekit.latent_density import LATENT_DENSITY, LatentGMM
     from aekit.models.config import ModelConfig
     from aekit.registry import build_from_config
-    from aekit.sae.recipes import SAE_RECIPES
+    from aekit.sae.train import is_sae_run
 
     run = Path(run)
     saved = read_config(run)
-    if saved["model"].get("recipe") in SAE_RECIPES:
+    if is_sae_run(saved):
         from aekit.sae.train import load_sae
 
         return load_sae(run, device=device)
