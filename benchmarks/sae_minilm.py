@@ -628,8 +628,9 @@ COMPARABILITY = (
     "raw activations with b_dec = the first batch's mean and an encoder initialised by "
     "nn.Linear (rows of norm ~0.58 before the decoder copy is normalised). With Adam, whose "
     "steps are of the size lr whatever the gradient's scale, the same nominal lr is then not "
-    "the same effective step. The diagnostic row (aekit sae-topk with its encoder rows "
-    "started at sparsify's norm 1/sqrt(3), same batches) isolates that initial scale.",
+    "the same effective step. aekit's k-sparse SAEs now start their encoder rows at "
+    "sparsify's norm 1/sqrt(3) (SAEConfig.encoder_init_norm); the diagnostic row (an exact "
+    "transpose, the default before, same batches) isolates that initial scale.",
     "sparsify renormalises decoder rows before each forward (its final weights are those "
     "after the last optimiser step), aekit after each step; sparsify's dead counter is "
     "updated after the step (the AuxK mask lags one step), aekit's before AuxK.",
@@ -852,8 +853,8 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--diagnostics",
-        default="encoder-scale",
-        help="extra aekit sae-topk runs: encoder-scale, normalize (comma list; '' for none)",
+        default="exact-transpose",
+        help="extra aekit sae-topk runs: exact-transpose, normalize (comma list; '' for none)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bars")
@@ -880,7 +881,7 @@ def parse_args() -> argparse.Namespace:
     args.recipes = [r for r in args.recipes.split(",") if r]
     args.diagnostics = [d for d in args.diagnostics.split(",") if d]
     for d in args.diagnostics:
-        if d not in ("encoder-scale", "normalize"):
+        if d not in ("exact-transpose", "normalize"):
             p.error(f"unknown diagnostic {d!r}")
     return args
 
@@ -983,23 +984,22 @@ def main() -> None:
 
     for diagnostic in args.diagnostics:
         # Diagnostics of an FVU gap to the peer, aekit's TopK on the same batches with one
-        # thing made as sparsify has it: "encoder-scale" starts the (tied) encoder rows at
-        # norm 1/sqrt(3), the norm of nn.Linear's initial rows that sparsify keeps (it
-        # normalises only the decoder copy); "normalize" trains on raw activations.
+        # thing changed: "exact-transpose" starts the encoder as the decoder's exact
+        # transpose (row norm 1; aekit's default before encoder_init_norm defaulted to
+        # sparsify's 1/sqrt(3) for k-sparse SAEs); "normalize" trains on raw activations.
         label = {
-            "encoder-scale": "encoder rows initialised at norm 1/sqrt(3), as sparsify's",
+            "exact-transpose": "encoder an exact transpose (encoder_init_norm=0)",
             "normalize": "normalize=False",
         }[diagnostic]
         log(f"training aekit sae-topk, {label} (diagnostic)")
         options = aekit_options("sae-topk", args, steps)
         if diagnostic == "normalize":
             options["normalize"] = False
+        if diagnostic == "exact-transpose":
+            options["encoder_init_norm"] = 0.0
         torch.manual_seed(args.seed)  # as train_sae: same initialisation, same batches
         model = build_sae("sae-topk", opened.d_in, **options)
         model.initialise(opened.sample)
-        if diagnostic == "encoder-scale":
-            with torch.no_grad():
-                model.W_enc.mul_(1 / math.sqrt(3))
         config = sae_train_config(model.n_latents, **train_config(args))
         fit = Trainer(model, opened.train, None, config).fit()
         seconds = sum(r["train_seconds"] for r in fit.history)

@@ -299,10 +299,29 @@ def test_initialise_scales_to_unit_mean_squared_norm_and_sets_b_dec():
     x_n = x * model.input_scale
     assert x_n.pow(2).sum(1).mean().item() == pytest.approx(1.0, rel=1e-5)
     torch.testing.assert_close(model.b_dec.detach(), x_n.mean(0))
-    tied = make()
+    tied = make(encoder_init_norm=0.0)  # an exact transpose
     torch.testing.assert_close(tied.W_enc, tied.W_dec)
     scaled = make(encoder_init_norm=0.5)  # the transpose's directions at another norm
     torch.testing.assert_close(scaled.W_enc, 0.5 * scaled.W_dec / scaled.W_dec.norm(dim=1)[:, None])
+
+
+def test_default_encoder_init_norm():
+    """k-sparse SAEs start their (tied) encoder rows at 1/sqrt(3), as Gao et al.'s reference
+    code and sparsify; relu and jumprelu keep an exact transpose. The resolved config (the
+    one saved) records the value used."""
+    topk = make()
+    assert topk.config.encoder_init_norm == pytest.approx(1 / math.sqrt(3))
+    torch.testing.assert_close(topk.W_enc, topk.W_dec / math.sqrt(3))
+    for activation in ("batchtopk", "abstopk"):
+        assert make(activation=activation).config.encoder_init_norm == pytest.approx(
+            1 / math.sqrt(3)
+        )
+    for activation in ("relu", "jumprelu"):
+        model = make(activation=activation)
+        assert model.config.encoder_init_norm == 0.0
+        torch.testing.assert_close(model.W_enc, model.W_dec)
+    unconstrained = make(unit_norm_decoder=False)  # topk without the unit-norm decoder
+    torch.testing.assert_close(unconstrained.W_enc, unconstrained.W_dec)
 
 
 # ---------------------------------------------------------------- gradients everywhere

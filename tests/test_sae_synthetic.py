@@ -184,3 +184,15 @@ def test_bad_arguments_are_one_line_errors():
         make_sparse_data(10, 4, 8, active=2, magnitude=(1.0, 0.5))
     with pytest.raises(AekitError, match="active"):
         make_sparse_data(10, 4, 8, active=9)
+
+
+def test_data_stream_never_coincides_with_a_model_seeded_alike():
+    """With the data drawn from a generator seeded like the model's initialisation, random
+    initial decoder rows would equal the true features (MMCS 1 before training)."""
+    from aekit.sae.train import build_sae
+
+    for seed in (0, 1, 5):
+        _, features, _ = make_sparse_data(10, 32, 128, active=4, seed=seed)
+        torch.manual_seed(seed)
+        sae = build_sae("sae-topk", 32, n_latents=256, k=4)
+        assert feature_recovery(sae.W_dec.detach(), features)["mmcs"] < 0.7

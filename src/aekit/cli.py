@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from aekit.bottlenecks.quantizer import Quantizer
 from aekit.cli_flags import add_flags, section_values
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.errors import AekitError
-from aekit.eval import encode_all, evaluate
+from aekit.eval import encode_all
 from aekit.io import atomic_path, atomic_write_json
 from aekit.models.config import SLOTS, ModelConfig
 from aekit.nets import NetConfig
@@ -26,6 +25,7 @@ from aekit.registry import DEFAULT_KINDS, RECIPES, build, build_from_config, get
 from aekit.sae.train import is_sae_run
 from aekit.train import TrainConfig, Trainer
 from aekit.train import checkpoint as ckpt
+from aekit.train.finish import evaluate_trained, fit_sampling_density
 from aekit.train.trainer import resolve_device
 from aekit.version import __version__
 
@@ -183,6 +183,19 @@ def main_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (smoke, quick, full or a TOML/YAML file): results.jsonl, "
+        "a leaderboard and figures; rerun to resume",
+    )
+    p.add_argument("suite", help="smoke (CI, <1 min), quick (CPU, minutes), full (GPU), or a file")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument(
+        "--out", help="results directory (default: runs/bench-SUITE); resumed if it exists"
+    )
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--seeds", metavar="S,S,...", help="override the suite's seeds, e.g. 0 or 0,1")
+    p.add_argument("--list", action="store_true", help="list the cells and exit")
     p = sub.add_parser("decompress", help="decode a compressed file to PNGs and images.npy")
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="folder for 00000.png, ... and images.npy")
@@ -316,32 +329,14 @@ def label_classes(splits: Any) -> int:
 def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
     run = Path(trainer.config.out)
     model = trainer.model
-    if not model.has_prior:
-        # A deterministic model samples from a density fitted on its training codes (as RAE);
-        # a quantizer's codes are indices, so it gets a categorical per position instead,
-        # which `aekit compress` also entropy-codes with.
-        train = splits.train
-        if train.binarize:
-            train = TensorData.binarized_once(train, seed=splits.spec.split_seed + 4)
-        if isinstance(model.bottleneck, Quantizer):
-            from aekit.compress.index_prior import INDEX_PRIOR, fit_index_prior
-
-            model.latent_density = fit_index_prior(model, train.to(trainer.device))
-            model.latent_density.save(run / INDEX_PRIOR)
-        else:
-            from aekit.latent_density import LATENT_DENSITY, fit_for_model
-
-            model.latent_density = fit_for_model(model, train.to(trainer.device))
-            model.latent_density.save(run / LATENT_DENSITY)
+    fit_sampling_density(model, splits, trainer.device, run)
     if not args.no_eval and splits.test is not None:
-        metrics = evaluate(
-            trainer.model,
+        metrics = evaluate_trained(
+            model,
             splits.test.to(trainer.device),
             batch_size=trainer.config.eval_batch_size,
-            detailed=True,
             nll_k=trainer.config.nll_k,
         )
-        add_index_prior_rate(model, splits.test.to(trainer.device), metrics)
         write_eval(run / ckpt.EVAL, metrics, split="test", source=splits.spec.source)
         print_metrics(metrics)
     if not args.no_report:
@@ -398,6 +393,54 @@ def cmd_sae(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from aekit.bench import load_suite, run_suite, write_leaderboard
+
+    suite = load_suite(args.suite)
+    if args.seeds:
+        try:
+            suite.seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise AekitError(
+                f"--seeds takes integers separated by commas (got {args.seeds!r})"
+            ) from None
+    cells = suite.cells()
+    if args.list:
+        for cell in cells:
+            print(cell.key)
+        print(f"{len(cells)} cells")
+        return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            raise AekitError(f"--threads must be at least 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or Path("runs") / f"bench-{suite.name}")
+    log.setLevel(logging.WARNING)  # one line per cell, not per epoch
+    print(f"{suite.name}: {len(cells)} cells -> {out}")
+
+    def progress(row: dict[str, Any], i: int, n: int) -> None:
+        if row["status"] != "ok":
+            print(f"[{i}/{n}] {row['key']}: FAILED {row['error']}")
+            return
+        metrics = row["metrics"]
+        shown = [f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics]
+        print(f"[{i}/{n}] {row['key']}: {', '.join(shown)} ({row['wall_seconds']:.1f} s)")
+
+    rows = run_suite(suite, out, args.device, on_row=progress)
+    paths = write_leaderboard(suite, rows, out)
+    print(f"results: {out / 'results.jsonl'}")
+    print(f"leaderboard: {paths['markdown']} and {paths['html']}")
+    failed = [r["key"] for r in rows if r.get("status") != "ok"]
+    if failed:
+        print(f"aekit: error: {len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+SHOWN = ("marginal_nll", "elbo", "mse", "index_prior_bits_per_pixel", "l0", "fvu", "mmcs")
+"""The metrics `aekit bench` prints per finished cell (the leaderboard has them all)."""
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     config = ckpt.read_config(args.run)
     if is_sae_run(config):
@@ -407,15 +450,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     data, split, source = run_data(args, config)
-    metrics = evaluate(
-        model,
-        data.to(device),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        detailed=True,
-        nll_k=args.nll_k,
+    metrics = evaluate_trained(
+        model, data.to(device), batch_size=args.batch_size, nll_k=args.nll_k, seed=args.seed
     )
-    add_index_prior_rate(model, data.to(device), metrics)
     if args.grad_snr:
         metrics["gradient_snr"] = run_gradient_snr(model, data, args)
     if args.generation or args.fid_weights:
@@ -473,17 +510,6 @@ def run_generation_metrics(
         extractor = TorchScriptFeatures(args.fid_weights, inception=True, device=model.device)
         results.update(generation_metrics(model, data, extractor=extractor, seed=args.seed))
     return results
-
-
-def add_index_prior_rate(model: Any, data: TensorData, metrics: dict[str, Any]) -> None:
-    """For a quantizer with a fitted index prior and image data, the ideal rate of `data`'s
-    indices under that prior (what `aekit compress` approaches), in bits per pixel."""
-    from aekit.compress.index_prior import IndexPrior, ideal_bits_per_pixel
-
-    if isinstance(model.latent_density, IndexPrior) and len(model.input_shape) == 3:
-        metrics["index_prior_bits_per_pixel"] = ideal_bits_per_pixel(
-            model, model.latent_density, data
-        )
 
 
 def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:
@@ -668,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             "compress": cmd_compress,
             "decompress": cmd_decompress,
             "sae": cmd_sae,
+            "bench": cmd_bench,
         }[args.command]
         return command(args)
     except AekitError as e:

@@ -5,7 +5,10 @@ directions than dimensions (superposition); `feature_recovery` scores a learned 
 against those directions. Together they are a ground-truth check of a sparse autoencoder:
 on real activations nobody knows the features, here we do.
 
-The generative model (all randomness from one `torch.Generator` seeded with `seed`):
+The generative model (all randomness from one `torch.Generator` seeded with `data_seed(seed)`,
+a hash of `seed`: seeded with `seed` itself, its first normal draws would be those of a model
+initialised after `torch.manual_seed(seed)`, and an SAE's random initial decoder rows would
+BE the true features, recovered before any training):
 
 1. Features. F (n_features, d): rows drawn i.i.d. N(0, I_d) and scaled to unit norm, so
    uniform on the sphere (n_features > d is superposition: they cannot be orthogonal).
@@ -156,6 +159,12 @@ def _magnitude_range(magnitude: float | tuple[float, float]) -> tuple[float, flo
     return low, high
 
 
+def data_seed(seed: int) -> int:
+    """The generator seed of `make_sparse_data(seed=seed)`: a hash, so that the data's random
+    stream never coincides with the global one after `torch.manual_seed(seed)`."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5AE_DA7A]).generate_state(1)[0])
+
+
 def make_sparse_data(
     n_rows: int,
     d: int,
@@ -192,7 +201,7 @@ def make_sparse_data(
     n_groups = int(groups[-1]) + 1
     shared = math.sqrt(correlated)
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(data_seed(seed))
     features = F.normalize(torch.randn(n_features, d, generator=gen), dim=1)
     xs, offsets, indices, values = [], [torch.zeros(1, dtype=torch.int64)], [], []
     total = 0
