@@ -196,6 +196,14 @@ def test_resume_continues_a_cell_from_its_checkpoint(tmp_path):
     assert [r["key"] for r in read_jsonl(out / RESULTS)] == [kept[0]["key"], new["key"]]
 
 
+def test_rows_of_cells_outside_the_suite_stay_in_the_file_not_the_leaderboard(tmp_path):
+    out = tmp_path / "b"
+    run_suite(suite_from_dict(tiny_suite(seeds=(0, 1))), out)
+    rows = run_suite(suite_from_dict(tiny_suite(seeds=(1,))), out)
+    assert [r["seed"] for r in rows] == [1]
+    assert len(read_jsonl(out / RESULTS)) == 2
+
+
 def test_changed_cell_definition_is_refused(tmp_path):
     out = tmp_path / "b"
     run_suite(suite_from_dict(tiny_suite()), out)

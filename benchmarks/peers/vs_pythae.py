@@ -480,7 +480,7 @@ def main() -> None:
         timing_name += "-" + "-".join(names)
     if args.quick:
         timing_name += "-quick"
-    if timing_name != "none":
+    if args.timing_name != "none":
         out = save_result(timing_name, {"settings": settings, "models": rows})
         print(f"saved {out}")
     if nll_rows:

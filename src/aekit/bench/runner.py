@@ -49,15 +49,8 @@ class Trained:
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
-    """The rows already written, with a line torn by a crash dropped from the file too (so
-    the next append starts on a clean line)."""
-    path = out / RESULTS
-    rows = read_jsonl(path)
-    if path.is_file():
-        text = "".join(_json_line(r) for r in rows)
-        if path.read_text(encoding="utf-8") != text:
-            atomic_write_text(path, text)
-    return rows
+    """The rows already written (a line torn by a crash is left out)."""
+    return read_jsonl(out / RESULTS)
 
 
 def _json_line(row: dict[str, Any]) -> str:
@@ -71,7 +64,9 @@ def run_suite(
     *,
     on_row: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell of `suite` without a row in `out/results.jsonl`; return all rows."""
+    """Run every cell of `suite` without a row in `out/results.jsonl`; return the rows of
+    the suite's cells (rows of other cells, e.g. seeds left out with --seeds, stay in the
+    file but not in the leaderboard)."""
     out.mkdir(parents=True, exist_ok=True)
     resolved = resolve_device(device)
     rows = read_results(out)
@@ -85,7 +80,8 @@ def run_suite(
                 "the suite changed since: use another --out (or delete that directory)"
             )
     atomic_write_json(out / SUITE, {"name": suite.name, "source": suite.source})
-    # Failed cells are retried: their old rows go, so the file keeps one row per cell.
+    # Failed cells are retried: their old rows go, so the file keeps one row per cell; the
+    # rewrite also drops a torn last line, so the next append starts on a clean line.
     rows = [row for row in rows if row.get("status") == "ok"]
     atomic_write_text(out / RESULTS, "".join(_json_line(r) for r in rows))
     todo = [cell for cell in cells if cell.key not in done]
@@ -96,7 +92,8 @@ def run_suite(
         rows.append(row)
         if on_row is not None:
             on_row(row, i, len(todo))
-    return rows
+    keys = {cell.key for cell in cells}
+    return [row for row in rows if row["key"] in keys]
 
 
 def run_cell(
