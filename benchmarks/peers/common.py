@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from aekit.bench.provenance import environment
 from aekit.io import atomic_write_json
 
@@ -49,10 +47,6 @@ def ratios(seconds: dict[str, list[float]], reference: str) -> dict[str, float]:
     """Median seconds of each side over the reference side's (above 1: slower)."""
     ref = median_after_warmup(seconds[reference])
     return {name: median_after_warmup(v) / ref for name, v in seconds.items()}
-
-
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def save_result(name: str, payload: dict[str, Any], argv: list[str] | None = None) -> Path:

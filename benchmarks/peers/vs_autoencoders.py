@@ -75,7 +75,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median_after_warmup, peer_module, save_result, set_threads  # noqa: E402
+from common import median_after_warmup, peer_module, save_result  # noqa: E402
 from handloop import HAND_LOOPS  # noqa: E402
 
 import aekit  # noqa: E402
@@ -282,7 +282,7 @@ def main() -> None:
     for m in models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {MODELS}")
-    set_threads(args.threads)
+    torch.set_num_threads(args.threads)
     peer = peer_module("autoencoders", "autoencoders") is not None
 
     splits = load_data(

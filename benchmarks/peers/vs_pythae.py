@@ -83,7 +83,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median_after_warmup, peer_module, save_result, set_threads
+from common import median_after_warmup, peer_module, save_result
 from handloop import HAND_LOOPS
 
 import aekit
@@ -435,7 +435,7 @@ def main() -> None:
         args.epochs, args.examples = 2, 1000
         args.nll_k, args.nll_n, args.nll_turns = min(args.nll_k, 50), min(args.nll_n, 6), 2
         args.pythae_nll_batch = [min(b, 50) for b in args.pythae_nll_batch]
-    set_threads(args.threads)
+    torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(names) - set(MODELS)
     if unknown:

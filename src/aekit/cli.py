@@ -275,7 +275,7 @@ def cmd_train(argv: list[str]) -> int:
         options.update(section_values(args, section))
     latent_dim = section_values(args, "model").get("latent_dim")
     if recipe.conditional:
-        options["condition_classes"] = label_classes(splits)
+        options["condition_classes"] = splits.label_classes()
     torch.manual_seed(train_config.seed)
     model = build(recipe.name, splits.train.shape, latent_dim, **options)
     train_config.out = train_config.out or str(fresh_run_dir(recipe.name))
@@ -313,17 +313,6 @@ def resume(args: argparse.Namespace) -> int:
     model = build_from_config(ModelConfig.from_dict(config["model"]))
     trainer = Trainer(model, splits.train, splits.val, train_config)
     return finish(trainer, trainer.fit(resume=True), splits, args)
-
-
-def label_classes(splits: Any) -> int:
-    """The number of classes a label-conditioned model is built for."""
-    if splits.train.y is None:
-        raise AekitError(
-            "a conditional model needs labels: use a labelled source or --labels / --label-column"
-        )
-    if splits.class_names:
-        return len(splits.class_names)
-    return int(splits.train.y.max()) + 1
 
 
 def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
@@ -398,12 +387,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     if args.seeds:
-        try:
-            suite.seeds = [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            raise AekitError(
-                f"--seeds takes integers separated by commas (got {args.seeds!r})"
-            ) from None
+        suite.seeds = comma_integers(args.seeds, "--seeds")
     cells = suite.cells()
     if args.list:
         for cell in cells:
@@ -469,15 +453,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def comma_integers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise AekitError(f"{flag} takes integers separated by commas (got {text!r})") from None
+
+
 def run_gradient_snr(model: Any, data: TensorData, args: argparse.Namespace) -> dict[str, Any]:
     from aekit.eval import gradient_snr
 
-    try:
-        ks = [int(k) for k in args.grad_snr.split(",")]
-    except ValueError:
-        raise AekitError(
-            f"--grad-snr takes integers separated by commas (got {args.grad_snr!r})"
-        ) from None
+    ks = comma_integers(args.grad_snr, "--grad-snr")
     if any(k < 1 for k in ks):
         raise AekitError(f"every k of --grad-snr must be at least 1 (got {args.grad_snr})")
     batch = data.subset(slice(0, 64)).to(model.device)

@@ -55,6 +55,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSON-lines file with `records` (also dropping a torn last line)."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():

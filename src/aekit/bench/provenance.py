@@ -3,6 +3,7 @@ threads, when. Every row of `aekit bench` and every peer script records this."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -15,9 +16,11 @@ import torch
 from aekit.version import __version__
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the aekit source tree this process imports, with "-dirty" when it has
-    uncommitted changes; None for an installed wheel (no repository around it)."""
+    uncommitted changes; None for an installed wheel (no repository around it). Read once:
+    the code a process runs is the code it imported, whatever is committed later."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(

@@ -9,7 +9,6 @@ cell is done, so `results.jsonl` never holds a half-finished cell.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from aekit.bench.provenance import environment
 from aekit.bench.suite import SAE_DATA, Cell, Suite
 from aekit.data import DataConfig, Splits, TensorData, load_data
 from aekit.errors import AekitError
-from aekit.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from aekit.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
 from aekit.registry import build, get_recipe
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
@@ -48,15 +47,6 @@ class Trained:
     resumed: bool
 
 
-def read_results(out: Path) -> list[dict[str, Any]]:
-    """The rows already written (a line torn by a crash is left out)."""
-    return read_jsonl(out / RESULTS)
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    return json.dumps(row) + "\n"
-
-
 def run_suite(
     suite: Suite,
     out: Path,
@@ -69,7 +59,7 @@ def run_suite(
     file but not in the leaderboard)."""
     out.mkdir(parents=True, exist_ok=True)
     resolved = resolve_device(device)
-    rows = read_results(out)
+    rows = read_jsonl(out / RESULTS)  # a line torn by a crash is left out
     done = {row["key"]: row for row in rows if row.get("status") == "ok"}
     cells = suite.cells()
     for cell in cells:
@@ -83,7 +73,7 @@ def run_suite(
     # Failed cells are retried: their old rows go, so the file keeps one row per cell; the
     # rewrite also drops a torn last line, so the next append starts on a clean line.
     rows = [row for row in rows if row.get("status") == "ok"]
-    atomic_write_text(out / RESULTS, "".join(_json_line(r) for r in rows))
+    atomic_write_jsonl(out / RESULTS, rows)
     todo = [cell for cell in cells if cell.key not in done]
     data_cache: dict[str, Any] = {}
     for i, cell in enumerate(todo, start=1):
@@ -182,11 +172,7 @@ def _train_image_model(
     options = dict(cell.model.options)
     latent_dim = options.pop("latent_dim", None)
     if recipe.conditional:
-        if splits.train.y is None:
-            raise AekitError(
-                f"{cell.model.name} is conditional; data {cell.data.name} has no labels"
-            )
-        options["condition_classes"] = int(splits.train.y.max()) + 1
+        options["condition_classes"] = splits.label_classes()
     torch.manual_seed(cell.seed)
     model = build(recipe.name, splits.train.shape, latent_dim, **options)
     config = TrainConfig(

@@ -133,6 +133,17 @@ class Splits:
     spec: DataConfig
     class_names: list[str] | None = None
 
+    def label_classes(self) -> int:
+        """The number of classes a label-conditioned model is built for."""
+        if self.train.y is None:
+            raise AekitError(
+                "a conditional model needs labels: use a labelled source or --labels / "
+                "--label-column"
+            )
+        if self.class_names:
+            return len(self.class_names)
+        return int(self.train.y.max()) + 1
+
     def get(self, split: str) -> TensorData:
         data = {"train": self.train, "val": self.val, "test": self.test}.get(split)
         if split not in ("train", "val", "test"):

@@ -10,7 +10,6 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError, TrainingDiverged
 from aekit.eval.metrics import evaluate
-from aekit.io import append_jsonl, atomic_write_text, read_jsonl
+from aekit.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from aekit.models.autoencoder import Autoencoder
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
@@ -164,11 +163,10 @@ class Trainer:
         self.history = [
             r for r in read_jsonl(self.run_dir / ckpt.METRICS) if r["epoch"] <= self.state.epoch
         ]
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        atomic_write_text(self.run_dir / ckpt.METRICS, lines)
+        atomic_write_jsonl(self.run_dir / ckpt.METRICS, self.history)
         if (self.run_dir / STEPS).is_file():
             kept = [r for r in read_jsonl(self.run_dir / STEPS) if r["step"] <= self.state.step]
-            atomic_write_text(self.run_dir / STEPS, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_jsonl(self.run_dir / STEPS, kept)
         ckpt.write_config(self.run_dir, self._config_sections())
         log.info(
             "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
