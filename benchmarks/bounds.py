@@ -31,7 +31,8 @@ import torch
 import aekit
 from aekit.data import DataConfig, TensorData, load_data
 from aekit.eval import evaluate, importance_sampled_nll
-from aekit.eval.generation import cached_classifier, generation_metrics
+from aekit.eval.classifier import cached_classifier
+from aekit.eval.generation import generation_metrics
 from aekit.latent_density import fit_for_model
 from aekit.train import TrainConfig, Trainer
 

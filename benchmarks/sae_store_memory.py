@@ -99,7 +99,7 @@ def phase_write(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from aekit.sae.store import StoreWriter
+    from aekit.data.activations.store import StoreWriter
 
     torch.manual_seed(args.seed)
     n_features, active = 4096, 16
@@ -141,7 +141,7 @@ def phase_write(args: argparse.Namespace) -> dict:
 def phase_stream(args: argparse.Namespace) -> dict:
     import torch
 
-    from aekit.sae.store import ActivationStore
+    from aekit.data.activations.store import ActivationStore
 
     torch.set_num_threads(args.threads)
     store = ActivationStore(args.out)
@@ -193,7 +193,7 @@ def phase_stream(args: argparse.Namespace) -> dict:
 def phase_train(args: argparse.Namespace) -> dict:
     import torch
 
-    from aekit.sae.store import ActivationStore
+    from aekit.data.activations.store import ActivationStore
 
     try:
         from aekit.sae.config import SAEConfig
@@ -321,7 +321,7 @@ def main() -> None:
             print(json.dumps({phase: results[phase]}), flush=True)
     finally:
         if not args.keep and args.phase == "all":
-            from aekit.sae.store import remove_store
+            from aekit.data.activations.store import remove_store
 
             remove_store(args.out)
     out = Path(args.json or HERE / "results" / f"sae_store_memory-{args.rows}.json")

@@ -1,7 +1,7 @@
 """Do the SAE recipes find the true features? A synthetic ground-truth benchmark.
 
-Data (`aekit.sae.synthetic.make_sparse_data`, whose docstring gives the exact generative
-model): rows of width d that are sparse non-negative combinations of n_features > d unit
+Data (`aekit.data.activations.synthetic.make_sparse_data`, whose docstring gives the exact
+generative model): rows of width d that are sparse non-negative combinations of n_features > d unit
 feature directions (superposition), `active` features per row on average, Zipf-like
 frequencies, coefficients Uniform(0.5, 1.5), no noise by default. Two kinds of data:
 "independent" (features fire independently) and "correlated" (groups of `--group-size`
@@ -35,7 +35,7 @@ Columns, on the held-out rows (mean ± std over seeds):
 - MMCS: mean over the TRUE features of the max cosine similarity with any decoder row;
 - rec>0.9: fraction of true features with a decoder row at cosine > 0.9;
 - dup: decoder rows matching some feature above 0.9, beyond one per recovered feature;
-- FVU and L0 of `aekit.sae.metrics.sae_metrics` (batchtopk and matryoshka at inference use
+- FVU and L0 of `aekit.eval.sparse.sae_metrics` (batchtopk and matryoshka at inference use
   their learned threshold, so their L0 is not exactly k);
 - dead: fraction of latents that never fire on the held-out rows;
 - time: wall seconds of `Trainer.fit` (training and per-epoch validation), on a shared
@@ -70,9 +70,10 @@ from typing import Any
 
 import torch
 
+from aekit.data.activations.synthetic import make_sparse_data
 from aekit.data.tensor_data import TensorData
-from aekit.sae.metrics import sae_metrics
-from aekit.sae.synthetic import feature_recovery, make_sparse_data
+from aekit.eval.recovery import feature_recovery
+from aekit.eval.sparse import sae_metrics
 from aekit.sae.train import build_sae, sae_train_config, validate
 from aekit.train.trainer import Trainer
 

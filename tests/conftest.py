@@ -10,3 +10,41 @@ def _seed_and_threads():
 
 TINY_NET = {"channels": (4, 8), "hidden": (16,)}
 """Small enough that a test trains in well under a second."""
+
+
+def recipe_setup(name: str, shape: tuple[int, ...], latent: int) -> dict:
+    """Options that build recipe `name` small on data of `shape` (about `latent` latents): the
+    layered bodies get TINY_NET; quantizers on images derive their width from the grid;
+    categorical latents are variables x categories; dictionaries get their latent count and
+    a transcoder a paired target of 5 values."""
+    from aekit.bottlenecks import BOTTLENECKS, Quantizer
+    from aekit.registry import DEFAULT_KINDS, RECIPES
+
+    recipe = RECIPES[name]
+    kinds = {**DEFAULT_KINDS, **recipe.kinds}
+    options: dict = {}
+    if kinds["body"] != "dictionary":
+        options.update(TINY_NET)
+    bottleneck = kinds["bottleneck"]
+    if bottleneck == "categorical":
+        options.update(variables=2, categories=3)
+    elif bottleneck == "joint":
+        options.update(continuous_dim=2, variables=1, categories=3)
+    elif not issubclass(BOTTLENECKS[bottleneck], Quantizer):
+        options["latent_dim"] = latent
+    if bottleneck in ("topk", "batchtopk", "abstopk"):
+        options["k"] = 2
+    if bottleneck == "jumprelu":  # a wide kernel: the thresholds' pseudo-gradient is non-zero
+        options["bandwidth"] = 1.0
+    if recipe.paired:
+        options["output_shape"] = (5,)
+    if recipe.conditional:
+        options["condition_classes"] = 3
+    return options
+
+
+def forward_kwargs(model, x, **kwargs) -> dict:
+    """What a forward of `model` on x needs besides x: a paired target, a condition."""
+    if model.paired:
+        kwargs["target"] = torch.rand(len(x), *model.target_shape)
+    return kwargs

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aekit.sae.store import ActivationStore, StoreWriter
+from aekit.data.activations.store import ActivationStore, StoreWriter
 
 # fmt: off
 WORDS = [

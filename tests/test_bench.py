@@ -48,14 +48,13 @@ def test_every_builtin_model_builds(name):
     """A typo in the full suite must fail here, not hours into a GPU run: each model is
     built with its options on the shape of its data (28x28 images stand in for MNIST-likes)."""
     from aekit.registry import build
-    from aekit.sae.train import build_sae
 
     suite = load_suite(name)
     for model in suite.models.values():
         options = dict(model.options)
         if model.is_sae:
             d = next(s.values["d"] for s in suite.data.values() if s.kind == "sae-synthetic")
-            build_sae(model.recipe, d, **options)
+            build(model.recipe, (d,), options.pop("latent_dim", None), **options)
         else:
             sources = {s.values.get("source") for s in suite.data.values() if s.kind == "image"}
             shape = (1, 8, 8) if sources == {"digits"} else (1, 28, 28)

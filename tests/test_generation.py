@@ -12,17 +12,20 @@ from torch import nn
 import aekit
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError
+from aekit.eval import classifier as classifier_module
 from aekit.eval import generation
-from aekit.eval.generation import (
+from aekit.eval.classifier import (
     FeatureClassifier,
     TorchScriptFeatures,
     cached_classifier,
     data_fingerprint,
+    train_classifier,
+)
+from aekit.eval.generation import (
     frechet_distance,
     frechet_from_moments,
     generation_metrics,
     precision_recall,
-    train_classifier,
 )
 
 jit_warnings = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -210,13 +213,13 @@ def test_train_classifier_rejects_missing_or_single_class_labels(y, message):
 
 def _counting_trainer(monkeypatch):
     calls = []
-    real_trainer = generation.train_classifier
+    real_trainer = classifier_module.train_classifier
 
     def trainer(*args, **kwargs):
         calls.append(kwargs)
         return real_trainer(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "train_classifier", trainer)
+    monkeypatch.setattr(classifier_module, "train_classifier", trainer)
     return calls
 
 
@@ -408,3 +411,14 @@ def test_generation_metrics_names_keys_after_the_extractor(probe_path):
     assert {"fd_raw_pixels_samples", "fd_raw_pixels_reconstructions"} <= set(results)
     with pytest.raises(AekitError, match="feature extractor"):
         generation_metrics(model, data)
+
+
+def test_generation_re_exports_the_feature_extractors():
+    for name in (
+        "FeatureClassifier",
+        "TorchScriptFeatures",
+        "cached_classifier",
+        "data_fingerprint",
+        "train_classifier",
+    ):
+        assert getattr(generation, name) is getattr(classifier_module, name)

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 import aekit
-from aekit.bottlenecks import BOTTLENECKS, Quantizer
+from aekit.bottlenecks import BOTTLENECKS
 from aekit.components import Dims
 from aekit.corruption import CORRUPTIONS
-from aekit.registry import DEFAULT_KINDS, RECIPES
+from aekit.registry import RECIPES
 from aekit.train.checkpoint import load_weights, save_weights, write_config
-from conftest import TINY_NET
+from conftest import TINY_NET, forward_kwargs, recipe_setup
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (10,)]
 
@@ -46,15 +46,9 @@ def test_auto_body_is_conv_for_images_and_mlp_otherwise():
     assert isinstance(aekit.build("ae", (64,)).encoder, MLPEncoder)
 
 
-def latent_size(name: str, size: int) -> int | None:
-    """Quantizers on images derive their latent width from the grid: pass none."""
-    kind = {**DEFAULT_KINDS, **RECIPES[name].kinds}["bottleneck"]
-    return None if issubclass(BOTTLENECKS[kind], Quantizer) else size
-
-
 def recipe_variants():
     for name in RECIPES:
-        yield name, {"condition_classes": 3} if RECIPES[name].conditional else {}
+        yield name, {}
     yield "vae", {"prior": "mixture"}
     yield "wae-mmd", {"prior": "uniform"}
     yield "swae", {"prior": "ring"}
@@ -73,29 +67,24 @@ def recipe_variants():
 
 @pytest.mark.parametrize("name, options", list(recipe_variants()))
 def test_every_parameter_receives_a_gradient(name, options):
-    model = aekit.build(name, (1, 8, 8), latent_size(name, 4), **TINY_NET, **options)
+    model = aekit.build(name, (1, 8, 8), **{**recipe_setup(name, (1, 8, 8), 4), **options})
     x = torch.rand(6, 1, 8, 8)
     condition = torch.arange(6) % 3 if model.conditional else None
     if options.get("kmeans_init"):  # k-means centres are a stationary point of the codebook loss
         with torch.no_grad():
             model(torch.rand(6, 1, 8, 8), step=0)
-    model.backward(model(x, step=10, condition=condition))
+    model.backward(model(x, step=10, condition=condition, **forward_kwargs(model, x)))
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not silent, f"parameters without gradient: {silent}"
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_save_then_load_gives_identical_outputs(tmp_path, name):
-    extra = {"condition_dim": 2} if RECIPES[name].conditional else {}
-    model = aekit.build(
-        name,
-        (1, 8, 8),
-        latent_size(name, 3),
-        **TINY_NET,
-        likelihood="gaussian",
-        variance="pixel",
-        **extra,
-    )
+    options = recipe_setup(name, (1, 8, 8), 3)
+    if RECIPES[name].conditional:
+        options.pop("condition_classes")
+        options["condition_dim"] = 2
+    model = aekit.build(name, (1, 8, 8), likelihood="gaussian", variance="pixel", **options)
     with torch.no_grad():  # make the learned scale differ from its initial value
         model.likelihood.log_scale.add_(torch.randn_like(model.likelihood.log_scale))
     write_config(tmp_path, {"model": model.config.to_dict()})
@@ -107,10 +96,11 @@ def test_save_then_load_gives_identical_outputs(tmp_path, name):
     model.eval()
     assert torch.equal(loaded.encode(x, c), model.encode(x, c))
     assert torch.equal(loaded.reconstruct(x, c), model.reconstruct(x, c))
+    extra = forward_kwargs(model, x)
     torch.manual_seed(4)
-    a = model(x, step=None, condition=c)
+    a = model(x, step=None, condition=c, **extra)
     torch.manual_seed(4)
-    b = loaded(x, step=None, condition=c)
+    b = loaded(x, step=None, condition=c, **extra)
     assert torch.equal(a.loss, b.loss)
 
 
@@ -145,7 +135,7 @@ class FlatDecoder(nn.Module):
 
 def test_custom_networks(tmp_path):
     model = aekit.build("vae", (1, 8, 8), 3, encoder=FlatEncoder(6), decoder=FlatDecoder(3))
-    assert model.config.net.body == "custom"
+    assert model.config.body.kind == "custom"
     assert model(torch.rand(2, 1, 8, 8)).reconstruction.shape == (2, 1, 8, 8)
     with pytest.raises(aekit.AekitError, match=r"encoder must map .* to \(N, 6\)"):
         aekit.build("vae", (1, 8, 8), 3, encoder=FlatEncoder(3), decoder=FlatDecoder(3))
@@ -232,7 +222,7 @@ def test_recipes_list_their_papers():
 
 
 def test_component_bases_are_abstract_and_every_registered_kind_is_complete():
-    from aekit.bottlenecks import BOTTLENECKS, Bottleneck
+    from aekit.bottlenecks import Bottleneck
     from aekit.components import options_class
     from aekit.likelihoods import LIKELIHOODS, Likelihood
     from aekit.objectives import OBJECTIVES, Objective
@@ -246,4 +236,19 @@ def test_component_bases_are_abstract_and_every_registered_kind_is_complete():
             cls = registry[kind]
             options = options_class(cls)()
             width = getattr(options, "vector_width", dims.latent_dim)  # quantizers: one vector
+            if hasattr(options, "latent_width"):  # categorical latents: variables x categories
+                width = options.latent_width()
+            width = max(width, getattr(options, "k", 0))  # k-sparse: at least k latents
             cls(options, Dims(dims.input_shape, width))  # TypeError if a method is left abstract
+    from aekit.nets import NETS, Body
+
+    with pytest.raises(TypeError, match="abstract"):
+        type("Incomplete", (Body,), {})()  # a body must define build
+    for kind in NETS.names():
+        if kind != "custom":  # the user's own modules, which must be passed again
+            options = options_class(NETS[kind])()
+            width = 32  # the grid body: 16 positions of 2
+            encoder, decoder = NETS[kind].build(options, Dims((1, 16, 16), width), width, 0)
+            h = encoder(torch.rand(2, 1, 16, 16))
+            assert tuple(h.shape) == (2, width)  # a tensor, or the dictionary's pre-activations
+            assert decoder(torch.randn(2, width)).shape == (2, 1, 16, 16)

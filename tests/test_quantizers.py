@@ -268,7 +268,7 @@ def test_bad_indices_and_bad_options_get_clear_errors():
 
 def test_flat_data_gets_a_fixed_number_of_code_vectors():
     model = aekit.build("fsq", (10,), levels=(5, 5, 5))
-    assert model.config.net.body == "auto" and model.latent_dim == 12
+    assert model.config.body.kind == "auto" and model.latent_dim == 12
     assert model.quantizer.positions == 4
     model = aekit.build("vqvae", (10,), 32, code_dim=8)
     assert model.quantizer.positions == 4

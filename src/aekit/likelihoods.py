@@ -28,7 +28,7 @@ class Likelihood(nn.Module, ABC):
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         super().__init__()
         self.options = options
-        self.event_dims = len(dims.input_shape)
+        self.event_dims = len(dims.target_shape)
 
     def sum_per_example(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over the dimensions of one example (the trailing ones)."""
@@ -114,7 +114,7 @@ class LocationScale(Likelihood):
 
     def __init__(self, options: ScaleOptions, dims: Dims) -> None:
         super().__init__(options, dims)
-        shape = dims.input_shape if options.variance == "pixel" else ()
+        shape = dims.target_shape if options.variance == "pixel" else ()
         log_scale = torch.full(shape, math.log(options.sigma))
         if options.variance == "fixed":
             self.register_buffer("log_scale", log_scale)

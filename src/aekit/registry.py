@@ -1,21 +1,24 @@
-"""Named recipes: a family is a choice of bottleneck, likelihood, corruption and objective
-plus paper defaults. `aekit models` lists them; `build` turns one into a model."""
+"""Named recipes: a family is a choice of body, bottleneck, likelihood, corruption and
+objective plus paper defaults. `aekit models` lists them all in one table; `build` turns one
+into a model."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from aekit.bottlenecks import BOTTLENECKS, Quantizer
-from aekit.components import Dims, make_options, options_class
+from aekit.bottlenecks import BOTTLENECKS, KSparse, Quantizer
+from aekit.components import Dims, options_class
 from aekit.errors import AekitError
 from aekit.models.autoencoder import Autoencoder
 from aekit.models.config import SLOTS, Component, ModelConfig
-from aekit.nets import NetConfig, build_networks, grid_positions, resolve_body
+from aekit.nets import NETS, build_networks, grid_positions, resolve_body
+from aekit.nets.dictionary import KSPARSE_ENCODER_INIT_NORM
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,33 @@ class Recipe:
     """Data defaults, e.g. dynamic binarisation for a likelihood bound."""
     conditional: bool = False
     """Whether the model needs a condition (labels or vectors) for every example."""
+    latent_dim: int | None = None
+    """The default latent width (None: the body's, e.g. expansion x inputs, else 16)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Training defaults (TrainConfig fields) where they differ from the Trainer's."""
+    lr_by_latents: bool = False
+    """The default learning rate falls as 1/sqrt(latents) (`sae_learning_rate`)."""
+    activations: bool = False
+    """Trained on a network's activations (`--activations STORE` or `--model ... --texts`)
+    rather than on a data set by default."""
+    paired: bool = False
+    """Predicts a paired target (one site from another: `--target-site`) instead of its input."""
+
+    def train_defaults(self, latent_dim: int) -> dict[str, Any]:
+        """TrainConfig defaults of this recipe for a model of `latent_dim` latents."""
+        if self.lr_by_latents:
+            return {**self.train, "lr": sae_learning_rate(latent_dim)}
+        return dict(self.train)
+
+
+def sae_learning_rate(n_latents: int) -> float:
+    """2e-4 at 16,384 latents, scaled as 1/sqrt(latents): the learning-rate fit of Gao et al.
+    2024 (Appendix A), as EleutherAI's sparsify uses it."""
+    return 2e-4 / math.sqrt(n_latents / 2**14)
 
 
 DEFAULT_KINDS = {
+    "body": "auto",
     "bottleneck": "identity",
     "likelihood": "bernoulli",
     "corruption": "none",
@@ -227,9 +254,152 @@ for recipe in (
     register_recipe(recipe)
 
 
+SAE_TRAIN: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 4096,
+    "eval_batch_size": 4096,
+    "log_every": 50,
+    "checkpoint_every": 500,
+    "nll_k": 0,
+}
+"""Training defaults of every SAE recipe: one pass over a large store in batches of 4,096
+activations (Gao et al. 2024), the terms logged every 50 steps and a checkpoint every 500."""
+
+
+def sae_recipe(
+    name: str,
+    summary: str,
+    paper: str,
+    bottleneck: str,
+    options: dict[str, Any],
+    *,
+    paired: bool = False,
+) -> Recipe:
+    """A sparse autoencoder on activations: the dictionary body, a sparse bottleneck and the
+    sparse-coding objective (a Gaussian likelihood with a fixed scale only names the output
+    space; the objective measures the error itself)."""
+    return Recipe(
+        name,
+        summary,
+        paper,
+        kinds={
+            "body": "dictionary",
+            "bottleneck": bottleneck,
+            "likelihood": "gaussian",
+            "objective": "sparse-coding",
+        },
+        options={"variance": "fixed", **options},
+        train=SAE_TRAIN,
+        lr_by_latents=True,
+        activations=True,
+        paired=paired,
+    )
+
+
+K_SPARSE = {"reconstruction": "fvu"}
+"""The k-sparse SAE recipes: FVU, AuxK (the objective's default 1/32), unit-norm decoder rows,
+encoder rows at 1/sqrt(3) (`resolve_encoder_init`)."""
+L1 = {
+    "unit_norm_decoder": False,
+    "reconstruction": "mse",
+    "l1_coefficient": 5.0,
+    "l1_warmup_steps": 1000,
+    "aux_coefficient": 0.0,
+}
+"""ReLU + L1 (Anthropic, April 2024): decoder rows free (the L1 is weighted by their norms),
+lambda 5 in their units, warmed up over 1,000 steps (the first 5% of training)."""
+ANTHROPIC = (
+    "Bricken et al. 2023, Towards monosemanticity; Conerly et al. 2024, Circuits Updates "
+    "(April): training sparse autoencoders"
+)
+for recipe in (
+    sae_recipe(
+        "sae-relu",
+        "Sparse autoencoder: ReLU latents, L1 penalty weighted by decoder norms, L1 warm-up",
+        ANTHROPIC,
+        "relu",
+        L1,
+    ),
+    sae_recipe(
+        "sae-topk",
+        "TopK sparse autoencoder: exactly k active latents, AuxK loss on dead latents",
+        "Gao et al. 2024, Scaling and evaluating sparse autoencoders",
+        "topk",
+        K_SPARSE,
+    ),
+    sae_recipe(
+        "sae-batchtopk",
+        "BatchTopK: the top B*k activations of the batch; a threshold for inference",
+        "Bussmann, Leask & Nanda 2024, BatchTopK sparse autoencoders",
+        "batchtopk",
+        K_SPARSE,
+    ),
+    sae_recipe(
+        "sae-jumprelu",
+        "JumpReLU: learned per-latent thresholds, straight-through L0 penalty",
+        "Rajamanoharan et al. 2024, Jumping ahead: improving reconstruction fidelity with "
+        "JumpReLU sparse autoencoders; Lieberum et al. 2024, Gemma Scope",
+        "jumprelu",
+        {
+            "reconstruction": "mse",
+            "l0_coefficient": 0.001,
+            "l0_warmup_steps": 10_000,
+            "aux_coefficient": 0.0,
+        },
+    ),
+    sae_recipe(
+        "sae-matryoshka",
+        "Matryoshka SAE: BatchTopK with nested prefix reconstruction losses",
+        "Bussmann et al. 2025, Learning multi-level features with Matryoshka sparse autoencoders",
+        "batchtopk",
+        {**K_SPARSE, "matryoshka": "auto"},
+    ),
+    sae_recipe(
+        "sae-abstopk",
+        "AbsTopK: the k largest |pre-activations| with their signs (bidirectional features)",
+        "AbsTopK: rethinking sparse autoencoders for bidirectional features (2025)",
+        "abstopk",
+        K_SPARSE,
+    ),
+    sae_recipe(
+        "transcoder",
+        "Transcoder: sparse latents from one site reconstruct another (an MLP's output from "
+        "its input), ReLU + L1 as in the paper",
+        "Dunefsky, Chlenski & Nanda 2024, Transcoders find interpretable LLM feature circuits",
+        "relu",
+        L1,
+        paired=True,
+    ),
+    Recipe(
+        "gumbel-vae",
+        "Categorical VAE: 30 relaxed 10-way variables (Gumbel-softmax, annealed tau), KL",
+        "Jang, Gu & Poole 2017, Categorical reparameterization with Gumbel-softmax; Maddison, "
+        "Mnih & Teh 2017, The Concrete distribution",
+        kinds={"bottleneck": "categorical", "objective": "elbo"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "jointvae",
+        "JointVAE: 10 Gaussian + one 10-way relaxed categorical latent, a capacity per kind",
+        "Dupont 2018, Learning disentangled joint continuous and discrete representations",
+        kinds={"bottleneck": "joint", "objective": "joint-capacity"},
+        data={"binarize": True},
+    ),
+    Recipe(
+        "ksae",
+        "k-sparse autoencoder: linear units, only the k largest kept (k=25), on images",
+        "Makhzani & Frey 2013, k-Sparse autoencoders",
+        kinds={"body": "mlp", "bottleneck": "topk"},
+        options={"hidden": (), "k": 25, "rectify": False},
+        latent_dim=1000,
+    ),
+):
+    register_recipe(recipe)
+
+
 def option_owners(kinds: dict[str, str]) -> dict[str, str]:
-    """Which part (net, or a slot) owns each option name, for the chosen kinds."""
-    owners = {f.name: "net" for f in fields(NetConfig)}
+    """Which part (body, bottleneck, ...) owns each option name, for the chosen kinds."""
+    owners: dict[str, str] = {}
     for slot, registry in SLOTS.items():
         for f in fields(options_class(registry[kinds[slot]])):
             if f.name in owners:
@@ -243,13 +413,29 @@ def option_owners(kinds: dict[str, str]) -> dict[str, str]:
 MODEL_FIELDS = ("condition_classes", "condition_dim")
 
 
+def recipe_kinds(recipe: Recipe, chosen: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The kind of every slot: the defaults, the recipe's, then the ones chosen."""
+    kinds = {**DEFAULT_KINDS, **recipe.kinds}
+    kinds.update({slot: kind for slot, kind in (chosen or {}).items() if kind is not None})
+    for slot, kind in kinds.items():
+        SLOTS[slot][kind]  # an unknown kind is reported here, by name
+    return kinds
+
+
 def model_config(
-    name: str, input_shape: tuple[int, ...], latent_dim: int | None = None, **options: Any
+    name: str,
+    input_shape: tuple[int, ...],
+    latent_dim: int | None = None,
+    *,
+    output_shape: tuple[int, ...] | None = None,
+    **options: Any,
 ) -> ModelConfig:
     """The config of recipe `name` with `options` overriding its defaults.
 
-    Options are flat names (`beta=4`, `noise=0.3`, `channels=(32, 64)`) routed to the part
-    that owns them; `bottleneck=`, `likelihood=`, `corruption=`, `objective=` change a kind.
+    Options are flat names (`beta=4`, `noise=0.3`, `channels=(32, 64)`, `k=32`) routed to the
+    part that owns them; `body=`, `bottleneck=`, `likelihood=`, `corruption=`, `objective=`
+    change a kind. `output_shape` makes the model predict a paired target of that shape
+    (transcoders) instead of reconstructing its input.
     """
     recipe = get_recipe(name)
     condition = {k: int(options.pop(k)) for k in MODEL_FIELDS if options.get(k)}
@@ -259,13 +445,14 @@ def model_config(
         raise AekitError(
             f"{name} is conditional: pass condition_classes (labels) or condition_dim (vectors)"
         )
-    kinds = {**DEFAULT_KINDS, **recipe.kinds}
-    for slot in SLOTS:
-        if options.get(slot) is not None:
-            kinds[slot] = options.pop(slot)
-        options.pop(slot, None)
+    if recipe.paired and output_shape is None:
+        raise AekitError(
+            f"{name} predicts one site from another: give the target with --target-site "
+            "(output_shape= from Python)"
+        )
+    kinds = recipe_kinds(recipe, {slot: options.pop(slot, None) for slot in SLOTS})
     owners = option_owners(kinds)
-    values: dict[str, dict[str, Any]] = {"net": {}, **{slot: {} for slot in SLOTS}}
+    values: dict[str, dict[str, Any]] = {slot: {} for slot in SLOTS}
     for key, value in recipe.options.items():
         if key in owners:  # a recipe default for a kind the user replaced no longer applies
             values[owners[key]][key] = value
@@ -277,17 +464,65 @@ def model_config(
             )
         values[owners[key]][key] = value
     components = {slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS}
-    net = make_options(NetConfig, values["net"], "net")
-    if issubclass(BOTTLENECKS[kinds["bottleneck"]], Quantizer):
-        net, latent_dim = quantizer_layout(net, tuple(input_shape), latent_dim, components)
+    input_shape = tuple(input_shape)
+    bottleneck = components["bottleneck"]
+    if issubclass(BOTTLENECKS[bottleneck.kind], Quantizer):
+        components["body"], latent_dim = quantizer_layout(
+            components["body"], input_shape, latent_dim, bottleneck
+        )
+    latent_dim = resolve_latent_dim(recipe, components, input_shape, latent_dim)
+    resolve_encoder_init(components)
+    dims = Dims(input_shape, latent_dim, None if output_shape is None else tuple(output_shape))
+    for component in components.values():
+        resolve = getattr(component.options, "resolved", None)
+        if resolve is not None:
+            component.options = resolve(dims)
     return ModelConfig(
         recipe=name,
-        input_shape=tuple(input_shape),
-        latent_dim=16 if latent_dim is None else latent_dim,
+        input_shape=input_shape,
+        latent_dim=latent_dim,
         **condition,
-        net=net,
+        output_shape=dims.output_shape,
         **components,
     )
+
+
+def resolve_latent_dim(
+    recipe: Recipe,
+    components: dict[str, Component],
+    input_shape: tuple[int, ...],
+    latent_dim: int | None,
+) -> int:
+    """The latent width: given, or fixed by the bottleneck (a categorical's variables x
+    categories), or the body's default (the dictionary's expansion x inputs), the recipe's,
+    else 16."""
+    bottleneck = components["bottleneck"]
+    width = getattr(bottleneck.options, "latent_width", None)
+    if width is not None:
+        if latent_dim is not None and latent_dim != width():
+            raise AekitError(
+                f"the {bottleneck.kind} bottleneck's latent is {width()} wide "
+                f"({bottleneck.options.width_note()}); latent_dim {latent_dim} does not match "
+                "(leave it unset)"
+            )
+        return width()
+    if latent_dim is not None:
+        return latent_dim
+    body = components["body"]
+    default = NETS[body.kind].default_latent_dim(body.options, input_shape)
+    return default or recipe.latent_dim or 16
+
+
+def resolve_encoder_init(components: dict[str, Component]) -> None:
+    """A dictionary's initial encoder norm when left to the model: 1/sqrt(3) for a k-sparse
+    bottleneck over unit-norm decoder rows (KSPARSE_ENCODER_INIT_NORM), else the exact
+    transpose of the decoder (0). It depends on two parts, so the recipe table sets it."""
+    body = components["body"]
+    if getattr(body.options, "encoder_init_norm", 0.0) is not None:
+        return
+    k_sparse = issubclass(BOTTLENECKS[components["bottleneck"].kind], KSparse)
+    norm = KSPARSE_ENCODER_INIT_NORM if k_sparse and body.options.unit_norm_decoder else 0.0
+    body.options = dataclasses.replace(body.options, encoder_init_norm=norm)
 
 
 FLAT_POSITIONS = 4
@@ -295,62 +530,47 @@ FLAT_POSITIONS = 4
 
 
 def quantizer_layout(
-    net: NetConfig,
+    body: Component,
     input_shape: tuple[int, ...],
     latent_dim: int | None,
-    components: dict[str, Component],
-) -> tuple[NetConfig, int]:
+    bottleneck: Component,
+) -> tuple[Component, int]:
     """Quantizers code a grid of vectors on images (one per position of the last feature map,
     as in VQ-VAE) and FLAT_POSITIONS vectors otherwise; latent_dim follows from that."""
-    width = components["bottleneck"].options.vector_width
-    if net.body == "auto" and len(input_shape) == 3:
-        net = dataclasses.replace(net, body="grid")
-    if net.body != "grid":
-        return net, FLAT_POSITIONS * width if latent_dim is None else latent_dim
-    resolve_body(net, input_shape)
-    size = grid_positions(input_shape, len(net.channels)) * width
+    width = bottleneck.options.vector_width
+    if body.kind == "auto" and len(input_shape) == 3:
+        body = Component("grid", body.options)
+    if body.kind != "grid":
+        return body, FLAT_POSITIONS * width if latent_dim is None else latent_dim
+    resolve_body(body.kind, body.options, input_shape)
+    positions = grid_positions(input_shape, len(body.options.channels))
+    size = positions * width
     if latent_dim is not None and latent_dim != size:
         raise AekitError(
-            f"with the grid body the latent is {grid_positions(input_shape, len(net.channels))} "
-            f"positions x {width} = {size} wide; latent_dim {latent_dim} does not match (leave "
-            "it unset, or change code_dim / channels)"
+            f"with the grid body the latent is {positions} positions x {width} = {size} wide; "
+            f"latent_dim {latent_dim} does not match (leave it unset, or change code_dim / "
+            "channels)"
         )
-    return net, size
+    return body, size
 
 
 def build_from_config(
     config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None
 ) -> Autoencoder:
-    dims = Dims(config.input_shape, config.latent_dim)
+    dims = config.dims
+    # The parts before the networks: the order in which they draw their initial weights.
     parts = {
         slot: SLOTS[slot][getattr(config, slot).kind](getattr(config, slot).options, dims)
         for slot in SLOTS
+        if slot != "body"
     }
-    objective, bottleneck = parts["objective"], parts["bottleneck"]
-    if objective.needs_density and not bottleneck.has_density:
-        raise AekitError(
-            f"objective {config.objective.kind!r} needs a stochastic bottleneck with densities "
-            f"q(z|x) and p(z) (gaussian, hierarchical); {config.bottleneck.kind!r} has none"
-        )
-    if objective.needs_prior and not bottleneck.has_prior:
-        raise AekitError(
-            f"objective {config.objective.kind!r} matches the codes to a prior: pass --prior "
-            "(normal, uniform, ring, mixture, ...)"
-        )
+    in_features = parts["bottleneck"].in_features
     if (encoder is None) != (decoder is None):
         raise AekitError("pass both a custom encoder and a custom decoder, or neither")
     if encoder is None:
-        if config.net.body == "custom":
-            raise AekitError(
-                "this model was built with a custom encoder/decoder: pass them again, "
-                "e.g. aekit.load(run, encoder=..., decoder=...)"
-            )
+        body = config.body
         encoder, decoder = build_networks(
-            config.net,
-            config.input_shape,
-            parts["bottleneck"].in_features,
-            config.latent_dim,
-            config.condition_width,
+            body.kind, body.options, dims, in_features, config.condition_width
         )
     else:
         if config.condition_width:
@@ -358,8 +578,8 @@ def build_from_config(
                 "conditional models use aekit's own networks; custom encoder/decoder modules "
                 "are not supported with a condition"
             )
-        config = dataclasses.replace(config, net=dataclasses.replace(config.net, body="custom"))
-        check_custom_networks(encoder, decoder, config, parts["bottleneck"].in_features)
+        config = dataclasses.replace(config, body=Component("custom", config.body.options))
+        check_custom_networks(encoder, decoder, config, in_features)
     return Autoencoder(
         encoder,
         parts["bottleneck"],
@@ -384,10 +604,11 @@ def check_custom_networks(
                 f"{tuple(h.shape)} for N=2"
             )
         out = run_custom(decoder, "decoder", torch.zeros(2, config.latent_dim))
-        if tuple(out.shape) != (2, *config.input_shape):
+        target = config.dims.target_shape
+        if tuple(out.shape) != (2, *target):
             raise AekitError(
                 f"the decoder must map (N, {config.latent_dim}) to (N, "
-                f"{', '.join(map(str, config.input_shape))}); it gave {tuple(out.shape)} for N=2"
+                f"{', '.join(map(str, target))}); it gave {tuple(out.shape)} for N=2"
             )
 
 

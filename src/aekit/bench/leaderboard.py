@@ -15,7 +15,9 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from aekit.bench.suite import Expectation, Suite
 from aekit.io import atomic_write_text
 from aekit.report.figures import figure_row
-from aekit.report.html import CSS, _box, _table
+from aekit.report.html import CSS
+from aekit.report.html import box as _box
+from aekit.report.html import table as _table
 
 LEADERBOARD = "leaderboard"
 

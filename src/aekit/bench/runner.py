@@ -201,7 +201,7 @@ def _synthetic(
 ) -> tuple[TensorData, TensorData, TensorData, Any]:
     """Training rows, validation rows and held-out test rows (`test_rows` each) of one draw
     of the synthetic data, and its true features."""
-    from aekit.sae.synthetic import make_sparse_data
+    from aekit.data.activations.synthetic import make_sparse_data
 
     v = cell.data.values
     key = repr(sorted(v.items()))
@@ -228,23 +228,30 @@ def _synthetic(
 def _train_sae(
     cell: Cell, run_dir: Path, device: torch.device, data_cache: dict[str, Any]
 ) -> Trained:
-    from aekit.sae.metrics import sae_metrics
-    from aekit.sae.synthetic import feature_recovery
-    from aekit.sae.train import build_sae, sae_train_config, validate
+    from aekit.eval.recovery import feature_recovery
+    from aekit.eval.sparse import sae_metrics
 
     train, val, test, features = _synthetic(cell, data_cache)
+    recipe = get_recipe(cell.model.recipe)
+    options = dict(cell.model.options)
+    latent_dim = options.pop("latent_dim", None)
     torch.manual_seed(cell.seed)
-    model = build_sae(cell.model.recipe, train.x.shape[1], **cell.model.options)
-    config = sae_train_config(
-        model.n_latents,
-        **{**cell.train, "seed": cell.seed, "device": str(device), "out": str(run_dir)},
-        progress=False,
+    model = build(recipe.name, train.shape, latent_dim, **options)
+    config = TrainConfig(
+        **{
+            **recipe.train_defaults(model.latent_dim),
+            **cell.train,
+            "seed": cell.seed,
+            "device": str(device),
+            "out": str(run_dir),
+            "progress": False,
+        }
     )
-    trainer = Trainer(model, train, val, config, evaluator=validate)
+    trainer = Trainer(model, train, val, config)
     fit, resumed = _fit(trainer, run_dir)
     start = time.perf_counter()
     metrics = sae_metrics(model, test.to(trainer.device))
-    recovery = feature_recovery(model.W_dec.detach().cpu(), features)
+    recovery = feature_recovery(model.decoder_directions().cpu(), features)
     metrics.update(mmcs=recovery["mmcs"], recovered=recovery["recovered_fraction"])
     eval_seconds = time.perf_counter() - start
     parameters = sum(p.numel() for p in model.parameters())

@@ -58,7 +58,6 @@ from typing import Any
 from aekit.data.config import DataConfig
 from aekit.errors import AekitError
 from aekit.registry import RECIPES
-from aekit.sae.recipes import SAE_RECIPES
 from aekit.train.config import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -80,8 +79,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "noise": 0.0,
     "seed": 0,
 }
-"""Synthetic SAE data (`aekit.sae.synthetic.make_sparse_data`); `seed` fixes the data, so
-every training seed sees the same features and rows."""
+"""Synthetic SAE data (`aekit.data.activations.synthetic.make_sparse_data`); `seed` fixes the
+data, so every training seed sees the same features and rows."""
 TOP_LEVEL = {"name", "description", "seeds", "train", "eval", "data", "models", "budgets", "expect"}
 EVAL_DEFAULTS = {"nll_k": 1000}
 
@@ -103,7 +102,8 @@ class ModelSpec:
 
     @property
     def is_sae(self) -> bool:
-        return self.recipe in SAE_RECIPES
+        """Whether the recipe models a network's activations (it trains on SAE data)."""
+        return RECIPES[self.recipe].activations
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ def suite_from_dict(raw: dict[str, Any], where: str = "suite") -> Suite:
             raise AekitError(f"{where}: [models.{model_name}] needs a recipe (see `aekit models`)")
         values = dict(values)
         recipe = values.pop("recipe")
-        if recipe not in RECIPES and recipe not in SAE_RECIPES:
+        if recipe not in RECIPES:
             raise AekitError(
                 f"{where}: [models.{model_name}] unknown recipe {recipe!r} (see `aekit models`)"
             )

@@ -1,9 +1,19 @@
 """The bottleneck protocol: what sits between encoder and decoder.
 
 Families differ mainly here. A bottleneck turns the encoder's features `h` into the code the
-decoder sees, and reports what its family adds to the objective. Stochastic bottlenecks draw
-`samples` latents per example (importance-weighted bounds need several) and report the
-log-densities log q(z|x) and log p(z) of each draw.
+decoder sees, and reports what its family adds to the objective. It may own parameters,
+buffers and running statistics (a codebook, a threshold, a dead-latent counter), and it
+receives the training step (annealed temperatures, sparsity schedules). Its capabilities are
+separate flags that objectives ask for:
+
+- `has_kl`: a KL(q(z|x) || p(z)) per example, analytic or from densities (the ELBO);
+- `has_density`: log q(z|x) and log p(z) of every draw (importance-weighted bounds, the
+  likelihood estimate), which implies a KL;
+- `sparse`: the code is sparse, and the output may carry it as (values, pattern) instead of a
+  dense (B, latent_dim) tensor (`BottleneckOutput.sparse`).
+
+Stochastic bottlenecks draw `samples` latents per example (importance-weighted bounds need
+several).
 """
 
 from __future__ import annotations
@@ -18,19 +28,24 @@ from torch import nn
 from aekit.components import Dims, NoOptions, Registry
 from aekit.errors import AekitError
 from aekit.priors import PRIORS, Prior, make_prior
+from aekit.sparse import Preactivations, SparseLatents
 
 
 @dataclass
 class BottleneckOutput:
-    z: torch.Tensor
+    z: torch.Tensor | None
     """What the decoder sees, (samples * B, latent_dim), sample-major: rows s*B..(s+1)*B-1
-    hold draw s for the whole batch."""
-    code: torch.Tensor
-    """The deterministic representation (posterior mean, or the code itself), (B, latent_dim)."""
+    hold draw s for the whole batch. None when only `sparse` is given (`dense_z` builds it)."""
+    code: torch.Tensor | None
+    """The deterministic representation (posterior mean, or the code itself), (B, latent_dim);
+    None when only `sparse` is given."""
     samples: int = 1
     kl: torch.Tensor | None = None
-    """Analytic KL(q(z|x) || p(z)) per example and latent dimension, (B, latent_dim), in nats,
-    where it has a closed form."""
+    """Analytic KL(q(z|x) || p(z)) per example and KL unit, (B, units), in nats, where it has
+    a closed form: a unit is a latent dimension of a Gaussian, a variable of a categorical."""
+    kl_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The KL per example of each kind of latent, (B,) each, when a bottleneck has several
+    (JointVAE's continuous and categorical parts); they sum to `kl_per_example()`."""
     log_q: torch.Tensor | None = None
     """log q(z|x) of each draw, (samples, B)."""
     log_prior: torch.Tensor | None = None
@@ -39,8 +54,28 @@ class BottleneckOutput:
     """Per-example auxiliary losses, (B,) each, added to the objective as they are."""
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     """The posterior's parameters (e.g. mu, logvar)."""
+    schedule: dict[str, float] = field(default_factory=dict)
+    """The values of the bottleneck's schedules at this step (a temperature, k), reported
+    beside the objective's terms."""
     prior: Prior | None = None
     """The prior of this latent space (matching objectives draw from it)."""
+    sparse: SparseLatents | None = None
+    """A sparse code's values at its pattern's entries, with their gradient path (sparse
+    bottlenecks); decoders that take it never see the dense (B, latent_dim) code."""
+    l0: torch.Tensor | None = None
+    """Sparse bottlenecks: the mean number of active latents per example, a scalar;
+    differentiable where the bottleneck has a pseudo-gradient for it (JumpReLU's thresholds)."""
+    dead: torch.Tensor | None = None
+    """Sparse bottlenecks in training: which latents have not fired for the dead window, (n,)."""
+    features: Preactivations | None = None
+    """Sparse bottlenecks: the encoder's pre-activations (AuxK codes the dead latents from them)."""
+
+    def dense_z(self) -> torch.Tensor:
+        """z, built from the sparse code when only that was given."""
+        if self.z is not None:
+            return self.z
+        assert self.sparse is not None
+        return self.sparse.dense()
 
     def kl_per_example(self) -> torch.Tensor | None:
         """KL(q(z|x) || p(z)) per example, (B,): analytic where possible, else the Monte-Carlo
@@ -74,6 +109,11 @@ class Bottleneck(nn.Module, ABC):
     has_density = False
     """Whether log q(z|x) and log p(z) are reported, so that KL terms, importance-weighted
     bounds and likelihood estimates exist."""
+    analytic_kl = False
+    """Whether the KL to the prior is given in closed form without densities of the draws
+    (a relaxed categorical's KL: its relaxed draws have no usable density)."""
+    sparse = False
+    """Whether the code is sparse (the sparse-coding objective and metrics apply)."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         super().__init__()
@@ -90,6 +130,15 @@ class Bottleneck(nn.Module, ABC):
         return self.prior is not None
 
     @property
+    def has_kl(self) -> bool:
+        """Whether a KL(q(z|x) || p(z)) is reported, in closed form or from the densities."""
+        return self.has_density or self.analytic_kl
+
+    def schedule_end(self) -> int:
+        """The step at which this bottleneck's schedules (temperatures, k) end (0: none)."""
+        return 0
+
+    @property
     def in_features(self) -> int:
         """Width of the encoder output this bottleneck consumes."""
         return self.latent_dim
@@ -98,8 +147,11 @@ class Bottleneck(nn.Module, ABC):
         """Called once by the model: priors built from the encoder (VampPrior) hook in here."""
 
     @abstractmethod
-    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
-        """The code the decoder sees, and what this family adds to the objective."""
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
+        """The code the decoder sees, and what this family adds to the objective; `step` is
+        the global training step (None: the end of the schedules, as in evaluation)."""
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """The deterministic code of features `h` (no sampling)."""
@@ -122,6 +174,25 @@ class Bottleneck(nn.Module, ABC):
     def generative_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters of p(z) (they belong to the generative model, not to inference)."""
         return self.prior.parameters() if self.prior is not None else iter(())
+
+    def traversals(
+        self, codes: torch.Tensor, rows: int, steps: int
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The rows of a latent traversal around the codes (N, latent_dim) of some data:
+        (label, codes to decode) each. Continuous latents: the most active dimensions first
+        (by variance over the codes), each swept from its 2nd to its 98th percentile in
+        `steps` steps, the other coordinates at the median code."""
+        codes = codes.detach()
+        spread = codes.var(0) if len(codes) > 1 else torch.zeros(codes.shape[1])
+        order = torch.argsort(spread, descending=True)[:rows].tolist()
+        lo, hi = torch.quantile(codes, torch.tensor([0.02, 0.98]), dim=0)
+        median = codes.median(0).values
+        out = []
+        for d in order:
+            sweep = median.repeat(steps, 1)
+            sweep[:, d] = torch.linspace(float(lo[d]), float(hi[d]), steps)
+            out.append((f"z{d}", sweep))
+        return out
 
 
 def require_density(name: str, kind: str) -> None:

@@ -72,7 +72,9 @@ class Gaussian(Bottleneck):
         if isinstance(self.prior, VampPrior):
             self.prior.attach(lambda u: split_gaussian(encoder(u)))
 
-    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
         mu, logvar = split_gaussian(h)
         z, log_q = reparameterise(mu, logvar, samples)
         analytic = isinstance(self.prior, StandardNormal)

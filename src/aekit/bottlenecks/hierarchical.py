@@ -61,7 +61,9 @@ class Hierarchical(Bottleneck):
     def in_features(self) -> int:
         return 2 * self.latent_dim
 
-    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
         mu1, logvar1 = split_gaussian(h)
         z1, log_q1 = reparameterise(mu1, logvar1, samples)  # (S, B, D1)
         mu2, logvar2 = split_gaussian(self.up(z1))

@@ -19,6 +19,8 @@ class Identity(Bottleneck):
             raise AekitError("the vamp prior needs the gaussian bottleneck (it mixes posteriors)")
         super().__init__(options, dims)
 
-    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
         z = h if samples == 1 else h.repeat(samples, 1)
         return BottleneckOutput(z=z, code=h, samples=samples, prior=self.prior)

@@ -134,7 +134,9 @@ class Quantizer(Bottleneck):
         """The vectors (N, code_dim) named by valid indices (N, slots) (or a prefix of the slots
         for truncatable quantizers)."""
 
-    def forward(self, h: torch.Tensor, samples: int = 1) -> BottleneckOutput:
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
         b = h.shape[0]
         q = self.quantize(h.reshape(b * self.positions, self.code_dim))
         z = q.z_q.reshape(b, self.latent_dim)

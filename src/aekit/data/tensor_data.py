@@ -15,8 +15,14 @@ from aekit.errors import AekitError
 
 
 class Batch(NamedTuple):
+    """One batch of any data source."""
+
     x: torch.Tensor
+    """The model's input rows."""
     y: torch.Tensor | None
+    """Labels (TensorData), or the paired target (a transcoder's output site), or None."""
+    by_site: dict[str, torch.Tensor] | None = None
+    """Activation sources: every site read, by name (a group of models reads several)."""
 
 
 class TensorData:

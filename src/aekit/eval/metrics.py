@@ -2,7 +2,9 @@
 
 All likelihood figures are nats per example. The ELBO here is the single-sample Monte-Carlo
 estimate of E_q[log p(x|z)] - KL (the KL is analytic); it is a lower bound on log p(x), not
-an estimate of it.
+an estimate of it. Sparse codes (SAEs, k-sparse autoencoders) add their reconstruction and
+sparsity figures (`eval/sparse.py`); a group of models is evaluated member by member, each on
+its own site.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 import torch
 
 from aekit.bottlenecks.quantizer import Quantizer
+from aekit.data.activations.source import SiteView
+from aekit.data.protocol import DataSource
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError
 from aekit.eval.codebook import MAX_COUNTED_CODES, MAX_LISTED_CODES, CodeCounter, countable
 from aekit.eval.likelihood import importance_sampled_nll
 from aekit.models.autoencoder import Autoencoder
+from aekit.models.group import ModelGroup
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """A latent is active when Cov_x(E_q[z_j|x]) exceeds this (Burda et al. 2016)."""
@@ -25,8 +30,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 @torch.no_grad()
 def evaluate(
-    model: Autoencoder,
-    data: TensorData,
+    model: Autoencoder | ModelGroup,
+    data: DataSource,
     *,
     batch_size: int = 1000,
     seed: int = 0,
@@ -40,14 +45,20 @@ def evaluate(
     Quantizer models add their codebook health (`aekit.eval.codebook`) from the same forward
     passes: usage, perplexity, dead codes and quantisation error always (so every epoch's
     validation record tracks collapse), and with `detailed` the per-slot lists and the code
-    counts."""
+    counts. Sparse models give the terms and `sae_metrics` (FVU, L0, dead and dense latents;
+    with `detailed` the per-latent densities too); a group gives each member's as NAME/...
+    and the summed loss."""
+    if isinstance(model, ModelGroup):
+        return evaluate_group(model, data, batch_size=batch_size, seed=seed, detailed=detailed)
+    if model.bottleneck.sparse:
+        return evaluate_sparse(model, data, batch_size=batch_size, detailed=detailed)
     was_training = model.training
     model.eval()
     device = model.device
     sums: dict[str, torch.Tensor] = {}
     sq_err = torch.zeros((), device=device)
     denoise_err = torch.zeros((), device=device)
-    kl_dims = torch.zeros(model.latent_dim, device=device)
+    kl_dims: torch.Tensor | float = 0.0  # per KL unit: a dimension, or a categorical variable
     codes = []
     analytic_kl = False
     corrupting = model.config.corruption.kind != "none"
@@ -114,6 +125,71 @@ def evaluate(
     if nll_k > 0 and model.bottleneck.has_density:
         results.update(importance_sampled_nll(model, data, k=nll_k, seed=seed))
     return results
+
+
+def mean_terms(model: Autoencoder, data: DataSource, batch_size: int) -> dict[str, float]:
+    """The objective's terms at the end of its schedules, averaged over the rows of `data`
+    (a paired model against each batch's target)."""
+    sums: dict[str, float] = {}
+    n = 0
+    device = model.device
+    for batch in data.batches(batch_size):
+        x = batch.x.to(device)
+        target = batch.y.to(device) if model.paired else None
+        condition = batch.y if model.conditional else None
+        out = model(x, step=None, corrupt=False, condition=condition, target=target)
+        rows = x.shape[0]
+        for name, value in out.terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * rows
+        n += rows
+    return {name: total / max(n, 1) for name, total in sums.items()}
+
+
+@torch.no_grad()
+def evaluate_sparse(
+    model: Autoencoder, data: DataSource, *, batch_size: int = 4096, detailed: bool = False
+) -> dict[str, Any]:
+    """A sparse model's terms and its reconstruction and sparsity figures (`sae_metrics`,
+    scalars only unless `detailed`) over the rows of `data`."""
+    from aekit.eval.sparse import sae_metrics
+
+    was_training = model.training
+    model.eval()
+    try:
+        record: dict[str, Any] = mean_terms(model, data, batch_size)
+        metrics = sae_metrics(model, data, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    record.update(metrics if detailed else {k: v for k, v in metrics.items() if _scalar(v)})
+    return record
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@torch.no_grad()
+def evaluate_group(
+    group: ModelGroup,
+    data: DataSource,
+    *,
+    batch_size: int = 4096,
+    seed: int = 0,
+    detailed: bool = False,
+) -> dict[str, Any]:
+    """Each member's `evaluate` on its own site, as NAME/METRIC; `loss` is their sum."""
+    record: dict[str, Any] = {}
+    for m in group.members:
+        metrics = evaluate(
+            group[m.name],
+            SiteView(data, m.site, m.target_site),
+            batch_size=batch_size,
+            seed=seed,
+            detailed=detailed,
+        )
+        record.update({f"{m.name}/{k}": v for k, v in metrics.items()})
+    record["loss"] = sum(record[f"{m.name}/loss"] for m in group.members)
+    return record
 
 
 def _code_counter(model: Autoencoder) -> CodeCounter | None:

@@ -1,8 +1,18 @@
-"""The autoencoder as a composition: corrupt? -> encoder -> bottleneck -> decoder -> p(x|z)."""
+"""The autoencoder as a composition: corrupt? -> encoder -> bottleneck -> decoder -> p(x|z).
+
+The target is the input itself, or a paired target of another shape (`ModelConfig.output_shape`:
+a transcoder reads one site and predicts another), as denoising already separates the
+corrupted input from the clean target. The parts may have hooks the model calls for them:
+`initialise(x, target)` (data-dependent initialisation, before or at the first training
+batch), `after_backward()` (projected gradients) and `after_step()` (constraints after the
+optimiser step), and `folded_state()` (their weights as saved for inference).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,11 +21,14 @@ from torch.nn import functional as F
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.bottlenecks.quantizer import Quantizer
 from aekit.corruption import Corruption
-from aekit.data.tensor_data import Batch, TensorData
+from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
 from aekit.models.config import ModelConfig
 from aekit.objectives import ForwardPass, Objective
+from aekit.sparse import SparseCode, SparseLatents
+
+PART_HOOKS = ("after_backward", "after_step")
 
 
 @dataclass
@@ -24,17 +37,19 @@ class AutoencoderOutput:
     """E[x|z] for the first draw of z, shaped like x."""
     params: torch.Tensor
     """The likelihood's parameters from the decoder (e.g. Bernoulli logits), all draws."""
-    latents: torch.Tensor
-    """The z the decoder saw, (samples * B, latent_dim)."""
-    code: torch.Tensor
-    """The deterministic code (posterior mean)."""
+    latents: torch.Tensor | None
+    """The z the decoder saw, (samples * B, latent_dim); None for a sparse code given only as
+    (values, pattern) (`bottleneck.sparse`)."""
+    code: torch.Tensor | None
+    """The deterministic code (posterior mean); None likewise."""
     loss: torch.Tensor
     """The training objective, a scalar."""
     terms: dict[str, torch.Tensor]
-    """Named batch means: nll, kl, elbo (nats per example), loss, schedule values."""
+    """Named batch means: nll, kl, elbo (nats per example), loss, schedule values; fvu, l0,
+    dead, auxk, ... for sparse coding."""
     bottleneck: BottleneckOutput
-    log_px: torch.Tensor
-    """log p(x|z) per draw, (samples, B)."""
+    log_px: torch.Tensor | None
+    """log p(x|z) per draw, (samples, B), when the objective computed it."""
     inference_loss: torch.Tensor | None = None
     """The encoder's own loss for objectives that train it apart (PIWAE)."""
 
@@ -46,6 +61,9 @@ Condition = torch.Tensor | int | None
 class Autoencoder(nn.Module):
     """Inference (`encode`, `decode`, `reconstruct`, `sample`) is kept apart from the training
     objective (`forward`): encoding gives the posterior mean and pays for no loss."""
+
+    run_kind = "autoencoder"
+    """How a run directory records this model (`aekit.load` dispatches on it)."""
 
     def __init__(
         self,
@@ -69,10 +87,33 @@ class Autoencoder(nn.Module):
         """A density fitted on training codes (`aekit.latent_density`), to sample models that
         learn no prior."""
         bottleneck.attach(encoder)
+        objective.attach(bottleneck, decoder)
+
+    @property
+    def parts(self) -> tuple[nn.Module, ...]:
+        return (self.encoder, self.bottleneck, self.decoder, self.likelihood)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.config.input_shape
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of what the model predicts: the input's, or a paired target's."""
+        return self.config.dims.target_shape
+
+    @property
+    def paired(self) -> bool:
+        """Whether the model predicts a paired target (a transcoder) rather than its input."""
+        return self.config.output_shape is not None
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def d_out(self) -> int:
+        return math.prod(self.target_shape)
 
     @property
     def latent_dim(self) -> int:
@@ -90,21 +131,52 @@ class Autoencoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def check_data(self, data: TensorData) -> None:
-        """Whether a dataset fits the model: shape, labels, and the likelihood's support."""
-        if self.conditional and data.y is None:
+    def check_data(self, data: Any) -> None:
+        """Whether a data source fits the model: example shape, labels or paired targets, and
+        the likelihood's support (checked on in-memory data)."""
+        name = getattr(data, "name", "data")
+        shape = tuple(getattr(data, "shape", ()))
+        if shape != self.input_shape:
             raise AekitError(
-                f"the model is conditional but the {data.name} has no labels/conditions"
+                f"{name} holds examples of shape {shape}; the model expects {self.input_shape}"
             )
-        self.check_input(data.x[:1])
-        self.likelihood.check_data(data.x, data.name)
+        x = getattr(data, "x", None)
+        if self.conditional and getattr(data, "y", None) is None:
+            raise AekitError(f"the model is conditional but the {name} has no labels/conditions")
+        if self.paired:
+            target_shape = tuple(getattr(data, "target_shape", ()))
+            if target_shape != self.target_shape:
+                raise AekitError(
+                    f"{name} gives no paired targets of shape {self.target_shape} (it gives "
+                    f"{target_shape or 'none'}); this model predicts one site from another"
+                )
+        elif x is not None:
+            self.likelihood.check_data(x, name)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.input_shape:
+    def check_input(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Shape, dtype and finiteness of a batch (and of a paired target, if given)."""
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.input_shape:
+            shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AekitError(
-                f"input has shape {tuple(x.shape[1:])} per example but the model expects "
-                f"{self.input_shape}"
+                f"input has shape {shape} per example but the model expects {self.input_shape}"
             )
+        if not x.is_floating_point():
+            raise AekitError(f"input has dtype {x.dtype}; expected floating-point values")
+        # One reduction in the common case; the element-wise test only when the sum is not
+        # finite (NaN or inf inside, or an overflowing sum of huge values).
+        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+            raise AekitError("input contains NaN or infinite values")
+        if target is None:
+            return
+        if not self.paired:
+            raise AekitError("a target was given but this model reconstructs its input")
+        if target.shape != (x.shape[0], *self.target_shape):
+            raise AekitError(
+                f"target has shape {tuple(target.shape)}; expected "
+                f"{(x.shape[0], *self.target_shape)}"
+            )
+        if not target.is_floating_point() or not bool(torch.isfinite(target).all()):
+            raise AekitError("the target must be finite floating-point values")
 
     def condition_vector(self, condition: Condition, n: int) -> torch.Tensor | None:
         """The conditioning vectors (n, width) of labels or vectors; None if unconditional."""
@@ -145,14 +217,38 @@ class Autoencoder(nn.Module):
             raise AekitError(f"{c.shape[0]} conditions for {n} examples")
         return c
 
-    def features(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, c: torch.Tensor | None) -> Any:
+        """The encoder's output: a tensor, or the dictionary's lazy pre-activations."""
         return self.encoder(x) if c is None else self.encoder(x, c)
 
-    def decoder_params(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def decoder_params(
+        self,
+        z: torch.Tensor | SparseLatents | SparseCode,
+        c: torch.Tensor | None,
+        source: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder's output for latents z (dense, or a sparse code, which decoders that
+        take one decode directly), the condition c and, for decoders that read it, the
+        model's input `source`."""
+        if isinstance(z, SparseLatents | SparseCode) and not getattr(
+            self.decoder, "decodes_sparse", False
+        ):
+            z = z.dense() if isinstance(z, SparseLatents) else self._dense_code(z)
         if c is not None:
             c = c.repeat(z.shape[0] // c.shape[0], 1)  # one copy per draw, sample-major
             z = torch.cat([z, c], 1)
+        if getattr(self.decoder, "reads_source", False):
+            return self.decoder(z, source)
         return self.decoder(z)
+
+    def _dense_code(self, code: SparseCode) -> torch.Tensor:
+        dense = code.values.new_zeros(code.values.shape[0], self.latent_dim)
+        return dense.scatter_add(1, code.indices, code.values)
+
+    def _decoder_input(self, b: BottleneckOutput) -> torch.Tensor | SparseLatents:
+        if b.sparse is not None and (b.z is None or getattr(self.decoder, "decodes_sparse", False)):
+            return b.sparse
+        return b.dense_z()
 
     def forward(
         self,
@@ -160,17 +256,27 @@ class Autoencoder(nn.Module):
         step: int | None = None,
         corrupt: bool | None = None,
         condition: Condition = None,
+        target: torch.Tensor | None = None,
     ) -> AutoencoderOutput:
-        """The training objective on a batch. `step` drives schedules (None: their end);
-        the input is corrupted in training mode unless `corrupt` says otherwise."""
-        self.check_input(x)
+        """The training objective on a batch (against `target` for paired models). `step`
+        drives schedules (None: their end); the input is corrupted in training mode unless
+        `corrupt` says otherwise."""
+        self.check_input(x, target)
+        if self.paired and target is None:
+            raise AekitError(
+                "this model predicts a paired target (a transcoder): pass target= with the input"
+            )
+        if self.training and not self.is_initialised():
+            self.initialise(x, target)
         c = self.condition_vector(condition, x.shape[0])
         corrupt = self.training if corrupt is None else corrupt
         samples = self.objective.samples
-        b = self.bottleneck(self.features(self.corruption(x) if corrupt else x, c), samples)
-        params = self.decoder_params(b.z, c)
-        log_px = self.log_px(params, x)
-        objective = self.objective(ForwardPass(x, log_px, b, params, self.decoder), step)
+        h = self.features(self.corruption(x) if corrupt else x, c)
+        b = self.bottleneck(h, samples, step)
+        params = self.decoder_params(self._decoder_input(b), c, x)
+        y = x if target is None else target.to(params.dtype)
+        f = ForwardPass(y, b, params, self.decoder, self.likelihood, x)
+        objective = self.objective(f, step)
         return AutoencoderOutput(
             reconstruction=self.likelihood.mean(params[: x.shape[0]]),
             params=params,
@@ -179,20 +285,51 @@ class Autoencoder(nn.Module):
             loss=objective.loss,
             terms=objective.terms,
             bottleneck=b,
-            log_px=log_px,
+            log_px=f.__dict__.get("log_px"),
             inference_loss=objective.inference_loss,
         )
 
     def step_forward(self, batch: Batch, step: int) -> AutoencoderOutput:
-        """One training batch, for the shared trainer."""
+        """One training batch, for the shared trainer: labels condition a conditional model,
+        a paired model's target is `batch.y`."""
+        if self.paired:
+            return self(batch.x, step=step, target=batch.y)
         return self(batch.x, step=step, condition=batch.y if self.conditional else None)
 
+    def is_initialised(self) -> bool:
+        """Whether the data-dependent initialisation (if the parts have one) has run."""
+        check = getattr(self.decoder, "is_initialised", None)
+        return True if check is None else check()
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Data-dependent initialisation from a sample of inputs (N, ...) [and paired targets]:
+        the dictionary's normalisation and b_dec. Training calls it on its first batch if
+        nobody did before (a larger sample, as `aekit train` gives, is better)."""
+        self.check_input(x, target)
+        init = getattr(self.decoder, "initialise", None)
+        if init is not None:
+            init(x, target)
+
+    def _call_hooks(self, name: str) -> None:
+        for part in self.parts:
+            hook = getattr(part, name, None)
+            if hook is not None:
+                hook()
+
+    def after_backward(self) -> None:
+        """Called after the gradients exist: each part's projection of its gradient (the
+        unit-norm decoder rows' tangent space)."""
+        self._call_hooks("after_backward")
+
     def after_step(self) -> None:
-        """Called after each optimiser step (nothing to do: codebooks update in forward)."""
+        """Called after each optimiser step: each part's constraint (unit-norm decoder rows).
+        (Codebooks and other running statistics update in the training forward.)"""
+        self._call_hooks("after_step")
 
     def schedule_end(self) -> int:
-        """The step at which the objective's schedules (warm-ups, annealing) end."""
-        return self.objective.schedule_end()
+        """The step at which the schedules (warm-ups, annealing, k, temperature) end."""
+        return max(self.objective.schedule_end(), self.bottleneck.schedule_end())
 
     def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) of every draw, (samples, B), from the decoder's output for
@@ -204,10 +341,11 @@ class Autoencoder(nn.Module):
         loss of its own (PIWAE), two backward passes share the one forward."""
         if out.inference_loss is None:
             out.loss.backward()
-            return
-        generative, inference = self.parameter_groups()
-        out.loss.backward(inputs=generative, retain_graph=True)
-        out.inference_loss.backward(inputs=inference)
+        else:
+            generative, inference = self.parameter_groups()
+            out.loss.backward(inputs=generative, retain_graph=True)
+            out.inference_loss.backward(inputs=inference)
+        self.after_backward()
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(generative, inference): the decoder, likelihood and prior p(z) vs. the encoder
@@ -222,22 +360,89 @@ class Autoencoder(nn.Module):
         return [p for p in generative if p.requires_grad], [p for p in inference if p.requires_grad]
 
     def encode(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
-        """The deterministic code of x: the posterior mean for VAEs. (B, latent_dim)."""
+        """The deterministic code of x: the posterior mean for VAEs, the dense latents of a
+        sparse code. (B, latent_dim)."""
         self.check_input(x)
         c = self.condition_vector(condition, x.shape[0])
         return self.bottleneck.encode(self.features(x, c))
 
-    def decode(self, z: torch.Tensor, condition: Condition = None) -> torch.Tensor:
-        """E[x|z], shaped like the data."""
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+    def encode_sparse(self, x: torch.Tensor) -> SparseCode:
+        """A sparse bottleneck's code of x as (values, indices), (B, k) each: the k selected
+        latents of a k-sparse code, or the non-zero latents padded with zeros to the batch's
+        largest count."""
+        self.check_input(x)
+        return self.sparse_bottleneck.encode_sparse(self.features(x, None))
+
+    def decode(
+        self,
+        z: torch.Tensor | SparseCode,
+        condition: Condition = None,
+        source: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """E[x|z], shaped like the target: z dense (N, latent_dim) or a `SparseCode`;
+        `source` is the input, for decoders that read it (a transcoder's skip)."""
+        if isinstance(z, SparseCode):
+            n = z.values.shape[0]
+        elif z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise AekitError(
                 f"latents have shape {tuple(z.shape)}; expected (N, {self.latent_dim})"
             )
-        c = self.condition_vector(condition, z.shape[0])
-        return self.likelihood.mean(self.decoder_params(z, c))
+        else:
+            n = z.shape[0]
+        c = self.condition_vector(condition, n)
+        return self.likelihood.mean(self.decoder_params(z, c, source))
+
+    def decode_sparse(
+        self, values: torch.Tensor, indices: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """E[x|z] of a sparse code (B, k) (`source`: the input, for a transcoder's skip)."""
+        return self.decode(SparseCode(values, indices.long()), source=source)
 
     def reconstruct(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
-        return self.decode(self.encode(x, condition), condition)
+        """The inference output for x, shaped like the target. k-sparse codes go through
+        their (values, indices) when the decoder takes them (no dense code)."""
+        b = self.bottleneck
+        if (
+            condition is None
+            and getattr(b, "selects", lambda training: False)(False)
+            and getattr(self.decoder, "decodes_sparse", False)
+        ):
+            return self.decode(self.encode_sparse(x), source=x)
+        return self.decode(self.encode(x, condition), condition, source=x)
+
+    @property
+    def sparse_bottleneck(self) -> Bottleneck:
+        """The bottleneck, when it is sparse (else a clear error)."""
+        if not self.bottleneck.sparse:
+            kinds = [k for k in BOTTLENECKS.names() if BOTTLENECKS[k].sparse]
+            raise AekitError(
+                f"the {self.config.bottleneck.kind!r} bottleneck is not sparse: sparse codes "
+                f"exist only for {', '.join(kinds)}"
+            )
+        return self.bottleneck
+
+    def decoder_directions(self) -> torch.Tensor:
+        """Each latent's direction in the target space, (latent_dim, d_out), for a linear
+        (dictionary) decoder: what a latent adds to the output per unit of activation."""
+        directions = getattr(self.decoder, "output_directions", None)
+        if directions is None:
+            raise AekitError(
+                f"the {self.config.body.kind!r} body's decoder is not linear: latents have no "
+                "fixed output directions (the dictionary body has them)"
+            )
+        return directions()
+
+    @torch.no_grad()
+    def folded_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state for inference: parts that normalise internally (the dictionary) fold
+        their constants into their weights, so the saved model gives the same outputs on raw
+        inputs. Not for further training."""
+        state = self.state_dict()
+        for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
+            fold = getattr(part, "folded_state", None)
+            if fold is not None:
+                state.update({f"{name}.{k}": v for k, v in fold().items()})
+        return state
 
     @property
     def quantizer(self) -> Quantizer:

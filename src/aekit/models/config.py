@@ -1,19 +1,21 @@
-"""The model config: input shape, latent size, networks, and one kind + options per slot."""
+"""The model config: input (and target) shape, latent size, and one kind + options per slot:
+the body (encoder/decoder networks), bottleneck, likelihood, corruption and objective."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aekit.bottlenecks import BOTTLENECKS
-from aekit.components import Registry, make_options, options_class, options_to_dict
+from aekit.components import Dims, Registry, make_options, options_class, options_to_dict
 from aekit.corruption import CORRUPTIONS
 from aekit.errors import AekitError
 from aekit.likelihoods import LIKELIHOODS
-from aekit.nets import NetConfig
+from aekit.nets import NETS
 from aekit.objectives import OBJECTIVES
 
 SLOTS: dict[str, Registry] = {
+    "body": NETS,
     "bottleneck": BOTTLENECKS,
     "likelihood": LIKELIHOODS,
     "corruption": CORRUPTIONS,
@@ -47,7 +49,10 @@ class ModelConfig:
     """Conditional models: labels 0..classes-1, fed one-hot to encoder and decoder (CVAE)."""
     condition_dim: int = 0
     """Conditional models on real vectors of this width (0 with condition_classes)."""
-    net: NetConfig = field(default_factory=NetConfig)
+    output_shape: tuple[int, ...] | None = None
+    """The shape of a paired target the model predicts instead of reconstructing its input
+    (a transcoder: one site in, another out); None: an autoencoder."""
+    body: Component = field(default_factory=lambda: Component.create("body", "auto"))
     bottleneck: Component = field(
         default_factory=lambda: Component.create("bottleneck", "identity")
     )
@@ -63,6 +68,10 @@ class ModelConfig:
         self.input_shape = tuple(int(s) for s in self.input_shape)
         if not self.input_shape or any(s < 1 for s in self.input_shape):
             raise AekitError(f"input_shape must be positive sizes (got {self.input_shape})")
+        if self.output_shape is not None:
+            self.output_shape = tuple(int(s) for s in self.output_shape)
+            if not self.output_shape or any(s < 1 for s in self.output_shape):
+                raise AekitError(f"output_shape must be positive sizes (got {self.output_shape})")
         if int(self.latent_dim) < 1:
             raise AekitError(f"latent_dim must be at least 1 (got {self.latent_dim})")
         self.latent_dim = int(self.latent_dim)
@@ -76,6 +85,10 @@ class ModelConfig:
         """Width of the conditioning vector the networks take (0: unconditional)."""
         return self.condition_classes or self.condition_dim
 
+    @property
+    def dims(self) -> Dims:
+        return Dims(self.input_shape, self.latent_dim, self.output_shape)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "recipe": self.recipe,
@@ -83,7 +96,7 @@ class ModelConfig:
             "latent_dim": self.latent_dim,
             "condition_classes": self.condition_classes,
             "condition_dim": self.condition_dim,
-            "net": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.net).items()},
+            "output_shape": None if self.output_shape is None else list(self.output_shape),
         }
         for slot in SLOTS:
             d[slot] = getattr(self, slot).to_dict()
@@ -92,8 +105,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
+        if "net" in d and "body" not in d:  # written before bodies had a registry (0.1)
+            net = dict(d.pop("net"))
+            d["body"] = {"kind": net.pop("body", "auto"), **net}
         try:
-            net_values = d.pop("net", {})
             slots = {}
             for slot in SLOTS:
                 values = dict(d.pop(slot))
@@ -102,6 +117,6 @@ class ModelConfig:
             unknown = set(d) - known
             if unknown:
                 raise AekitError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
-            return cls(**d, net=make_options(NetConfig, net_values, "net"), **slots)
+            return cls(**d, **slots)
         except (KeyError, TypeError) as e:
             raise AekitError(f"model config is incomplete or malformed ({e})") from None

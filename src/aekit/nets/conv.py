@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aekit.errors import AekitError
+from aekit.nets.base import NETS, Body, LayerOptions
 from aekit.nets.mlp import activation, mlp
 
 
@@ -150,3 +152,94 @@ class GridDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         grid = z.view(z.shape[0], *self.grid).permute(0, 3, 1, 2)
         return self.ups(self.expand(grid))
+
+
+DEFAULT_HIDDEN = (256,)
+
+
+def check_image(kind: str, options: LayerOptions, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        raise AekitError(
+            f"the {kind} body needs images of shape (C, H, W); the data has shape {input_shape}"
+        )
+    if min(input_shape[1:]) < 2 ** len(options.channels):
+        raise AekitError(
+            f"{len(options.channels)} conv stages halve {input_shape[1:]} below 1 pixel; "
+            "pass fewer --channels"
+        )
+
+
+@NETS.register("conv")
+class Conv(Body):
+    """Stride-2 convolutions, then dense layers to a flat latent; the mirror back."""
+
+    Options = LayerOptions
+
+    @classmethod
+    def check(cls, options, input_shape):
+        check_image(cls.kind, options, input_shape)
+
+    @classmethod
+    def build(cls, options, dims, in_features, condition_dim):
+        cls.check(options, dims.input_shape)
+        hidden = DEFAULT_HIDDEN if options.hidden is None else options.hidden
+        encoder = ConvEncoder(
+            dims.input_shape, options.channels, hidden, in_features, options.activation,
+            condition_dim,
+        )  # fmt: skip
+        decoder = ConvDecoder(
+            dims.latent_dim + condition_dim, options.channels, hidden, dims.target_shape,
+            options.activation, options.upsample,
+        )  # fmt: skip
+        return encoder, decoder
+
+
+@NETS.register("grid")
+class Grid(Body):
+    """Fully convolutional: one latent vector per position of the last feature map (the
+    layout quantizers code position by position)."""
+
+    Options = LayerOptions
+
+    @classmethod
+    def check(cls, options, input_shape):
+        check_image(cls.kind, options, input_shape)
+
+    @classmethod
+    def build(cls, options, dims, in_features, condition_dim):
+        cls.check(options, dims.input_shape)
+        positions = grid_positions(dims.input_shape, len(options.channels))
+        if condition_dim:
+            raise AekitError("the grid body takes no condition; use the conv or mlp body")
+        if in_features % positions or dims.latent_dim % positions:
+            raise AekitError(
+                f"the grid body has {positions} positions: latent_dim ({dims.latent_dim}) must "
+                f"be a multiple of {positions}"
+            )
+        encoder = GridEncoder(
+            dims.input_shape, options.channels, in_features // positions, options.activation
+        )
+        decoder = GridDecoder(
+            dims.latent_dim // positions, options.channels, dims.target_shape,
+            options.activation, options.upsample,
+        )  # fmt: skip
+        return encoder, decoder
+
+
+@NETS.register("auto")
+class Auto(Body):
+    """conv for images (C, H, W) of at least 16x16, else mlp; quantizer recipes record grid
+    instead on images (a code vector per position)."""
+
+    Options = LayerOptions
+
+    @classmethod
+    def resolve(cls, options, input_shape):
+        # Below 16x16 two stride-2 stages leave a few pixels: an MLP is as good and twice as fast.
+        is_image = len(input_shape) == 3 and min(input_shape[1:]) >= 16
+        return "conv" if is_image else "mlp"
+
+    @classmethod
+    def build(cls, options, dims, in_features, condition_dim):
+        body = NETS[cls.resolve(options, dims.input_shape)]
+        return body.build(options, dims, in_features, condition_dim)

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from aekit.nets.base import NETS, Body, LayerOptions
+
 
 def activation(name: str) -> nn.Module:
     return {
@@ -59,3 +61,24 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.output_shape)
+
+
+DEFAULT_HIDDEN = (512, 256)
+
+
+@NETS.register("mlp")
+class MLP(Body):
+    """Fully connected layers over the flattened input (any shape)."""
+
+    Options = LayerOptions
+
+    @classmethod
+    def build(cls, options, dims, in_features, condition_dim):
+        hidden = DEFAULT_HIDDEN if options.hidden is None else options.hidden
+        encoder = MLPEncoder(
+            dims.input_shape, hidden, in_features, options.activation, condition_dim
+        )
+        decoder = MLPDecoder(
+            dims.latent_dim + condition_dim, hidden, dims.target_shape, options.activation
+        )
+        return encoder, decoder

@@ -1,7 +1,13 @@
 """Training objectives: how one forward pass (reconstruction NLL, the bottleneck's densities
 and draws) becomes the loss. Importing this package registers them all."""
 
-from aekit.objectives import elbo, importance, matching, regularised  # noqa: F401 (registration)
+from aekit.objectives import (  # noqa: F401 (registration)
+    elbo,
+    importance,
+    matching,
+    regularised,
+    sparse,
+)
 from aekit.objectives.base import (
     OBJECTIVES,
     ForwardPass,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import torch
 from torch import nn
 
-from aekit.bottlenecks.base import BottleneckOutput
+from aekit.bottlenecks.base import Bottleneck, BottleneckOutput
 from aekit.components import Dims, NoOptions, Registry
+from aekit.errors import AekitError
 
 
 @dataclass
@@ -24,13 +27,20 @@ class ForwardPass:
     """What an objective sees of one forward pass."""
 
     x: torch.Tensor
-    """The clean target batch, (B, ...)."""
-    log_px: torch.Tensor
-    """log p(x|z) of each draw, (samples, B), nats."""
+    """The target batch, (B, ...): the clean input, or the paired target of a transcoder."""
     bottleneck: BottleneckOutput
     params: torch.Tensor
     """The decoder's output for all draws, (samples * B, ...)."""
     decoder: nn.Module
+    likelihood: Any = None
+    """p(x|z), whose `log_prob` gives `log_px` when an objective asks for it."""
+    source: torch.Tensor | None = None
+    """The model's (uncorrupted) input, when the target is another tensor."""
+
+    @cached_property
+    def log_px(self) -> torch.Tensor:
+        """log p(x|z) of each draw, (samples, B), nats (computed once, when first read)."""
+        return self.likelihood.log_prob(self.params.reshape(-1, *self.x.shape), self.x)
 
     @property
     def nll(self) -> torch.Tensor:
@@ -66,13 +76,37 @@ class Objective(ABC):
 
     Options = NoOptions
     needs_density = False
-    """Whether the bottleneck must report log q(z|x) and log p(z) (a KL or a bound)."""
+    """Whether the bottleneck must report log q(z|x) and log p(z) (a bound on log p(x))."""
+    needs_kl = False
+    """Whether the bottleneck must report a KL to its prior (analytic, or from densities)."""
     needs_prior = False
     """Whether the bottleneck must have a prior to sample from (WAE, SWAE)."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         self.options = options
         self.dims = dims
+
+    def attach(self, bottleneck: Bottleneck, decoder: nn.Module) -> None:
+        """Called once by the model: refuse, with a one-line error, the parts this objective
+        cannot train; keep what it needs of them."""
+        kind = f"objective {self.kind!r}"  # type: ignore[attr-defined]
+        b = bottleneck.kind  # type: ignore[attr-defined]
+        if self.needs_density and not bottleneck.has_density:
+            raise AekitError(
+                f"{kind} needs a stochastic bottleneck with densities q(z|x) and p(z) "
+                f"(gaussian, hierarchical); {b!r} has none"
+            )
+        if self.needs_kl and not bottleneck.has_kl:
+            raise AekitError(
+                f"{kind} needs a stochastic bottleneck with densities q(z|x) and p(z) or an "
+                f"analytic KL to its prior (gaussian, hierarchical, categorical, joint); {b!r} "
+                "has none"
+            )
+        if self.needs_prior and not bottleneck.has_prior:
+            raise AekitError(
+                f"{kind} matches the codes to a prior: pass --prior "
+                "(normal, uniform, ring, mixture, ...)"
+            )
 
     @property
     def samples(self) -> int:
@@ -98,6 +132,8 @@ class Objective(ABC):
             terms["elbo"] = -(nll + kl).mean()
         for name, value in f.bottleneck.losses.items():
             terms[name] = value.detach().mean()
+        for name, value in f.bottleneck.schedule.items():
+            terms[name] = torch.tensor(float(value))
         for name, value in extra.items():
             terms[name] = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
         return terms

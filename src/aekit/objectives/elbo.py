@@ -1,8 +1,9 @@
-"""Reconstruction, the ELBO with its beta / warm-up / free-bits variants, and the
-capacity-annealed beta-VAE."""
+"""Reconstruction, the ELBO with its beta / warm-up / free-bits variants, the
+capacity-annealed beta-VAE, and JointVAE's capacity per kind of latent."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aekit.errors import AekitError
@@ -46,7 +47,7 @@ class ELBO(Objective):
     allows (N(0, I)), else the single-draw Monte-Carlo estimate log q(z|x) - log p(z)."""
 
     Options = ELBOOptions
-    needs_density = True
+    needs_kl = True
 
     def schedule_end(self) -> int:
         return self.options.kl_warmup_steps
@@ -86,7 +87,7 @@ class Capacity(Objective):
     """Capacity-annealed beta-VAE (Burgess et al. 2018): nll + gamma * |KL - C(step)|."""
 
     Options = CapacityOptions
-    needs_density = True
+    needs_kl = True
 
     def schedule_end(self) -> int:
         return self.options.capacity_steps
@@ -99,3 +100,60 @@ class Capacity(Objective):
         kl = f.bottleneck.kl_per_example().mean()
         loss = f.nll.mean() + self.options.gamma * (kl - c).abs() + auxiliary(f.bottleneck)
         return ObjectiveOutput(loss, self.report(f, loss, capacity=c))
+
+
+@dataclass
+class JointCapacityOptions:
+    gamma: float = 30.0
+    """Weight of each |KL - C| (Dupont 2018, MNIST: 30)."""
+    continuous_capacity: float = 5.0
+    """C_z max, the final capacity of the continuous latent in nats (MNIST: 5)."""
+    categorical_capacity: float = 5.0
+    """C_c max, that of the categorical latent, capped at its largest possible KL, the sum of
+    log K over the variables (MNIST: 5, so log 10 = 2.30)."""
+    capacity_steps: int = 25_000
+    """Steps over which both capacities grow linearly from 0 (MNIST: 25,000)."""
+
+    def __post_init__(self) -> None:
+        values = (self.gamma, self.continuous_capacity, self.categorical_capacity)
+        if min(values) < 0 or self.capacity_steps < 0:
+            raise AekitError("gamma, the capacities and capacity_steps must be non-negative")
+
+
+@OBJECTIVES.register("joint-capacity")
+class JointCapacity(Objective):
+    """JointVAE (Dupont 2018): nll + gamma |KL_z - C_z(step)| + gamma |KL_c - C_c(step)|, each
+    capacity raised linearly; the KLs are those of the continuous and the categorical latent."""
+
+    Options = JointCapacityOptions
+    needs_kl = True
+
+    def attach(self, bottleneck, decoder) -> None:
+        super().attach(bottleneck, decoder)
+        variables = getattr(bottleneck.options, "variables", None)
+        categories = getattr(bottleneck.options, "categories", None)
+        if variables is None or not hasattr(bottleneck.options, "continuous_dim"):
+            raise AekitError(
+                f"objective 'joint-capacity' needs the joint bottleneck (continuous and "
+                f"categorical latents); {bottleneck.kind!r} is not one"
+            )
+        self.categorical_max = variables * math.log(categories)
+
+    def schedule_end(self) -> int:
+        return self.options.capacity_steps
+
+    def capacities(self, step: int | None) -> tuple[float, float]:
+        o = self.options
+        r = ramp(step, o.capacity_steps)
+        return o.continuous_capacity * r, min(o.categorical_capacity * r, self.categorical_max)
+
+    def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
+        c_z, c_c = self.capacities(step)
+        parts = f.bottleneck.kl_parts
+        kl_z, kl_c = parts["continuous"].mean(), parts["categorical"].mean()
+        gamma = self.options.gamma
+        loss = f.nll.mean() + gamma * ((kl_z - c_z).abs() + (kl_c - c_c).abs())
+        loss = loss + auxiliary(f.bottleneck)
+        extra = {"kl_continuous": kl_z, "kl_categorical": kl_c, "capacity_continuous": c_z,
+                 "capacity_categorical": c_c}  # fmt: skip
+        return ObjectiveOutput(loss, self.report(f, loss, **extra))

@@ -203,26 +203,29 @@ def samples(model: Autoencoder, path: str | Path, n: int = 64, seed: int = 0) ->
 def traversal(
     model: Autoencoder, x: torch.Tensor, path: str | Path, dims: int = 8, steps: int = 9
 ) -> Path:
-    """One row per latent dimension, the most active first (by variance of the codes of x):
-    that coordinate swept from its 2nd to its 98th percentile around the median code."""
+    """One row per latent sweep the bottleneck offers around the codes of x (`traversals`):
+    for continuous latents each of the most active dimensions from its 2nd to its 98th
+    percentile around the median code, for a categorical variable each of its values."""
     _require_images(model, "traversal")
     path = Path(path)
     with _inference(model):
         z = _codes(model, x)
-        spread = z.var(0) if len(z) > 1 else torch.zeros(z.shape[1])
-        order = torch.argsort(spread, descending=True)[:dims].tolist()
-        lo, hi = torch.quantile(z, torch.tensor([0.02, 0.98]), dim=0)
-        grid_z = z.median(0).values.repeat(len(order) * steps, 1)
-        for row, d in enumerate(order):
-            grid_z[row * steps : (row + 1) * steps, d] = torch.linspace(lo[d], hi[d], steps)
-        images = _batched(model.decode, grid_z, model.device)
-    grid = image_grid(images, nrow=steps)
-    pitch = (grid.shape[0] - 1) / len(order)
+        rows = model.bottleneck.traversals(z, dims, steps)
+        width = max(len(codes) for _, codes in rows)
+        images = [_batched(model.decode, codes.to(z.dtype), model.device) for _, codes in rows]
+    blank = torch.zeros_like(images[0][:1])
+    padded = [torch.cat([im, blank.expand(width - len(im), *im.shape[1:])]) for im in images]
+    grid = image_grid(torch.cat(padded), nrow=width)
+    pitch = (grid.shape[0] - 1) / len(rows)
+    categorical = any(label.startswith("c") for label, _ in rows)
     with figure_row(path, size=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_yticks([pitch * (i + 0.5) for i in range(len(order))], [f"z{d}" for d in order])
+        ax.set_yticks([pitch * (i + 0.5) for i in range(len(rows))], [r[0] for r in rows])
         ax.set_xticks([])
-        ax.set_xlabel("2nd to 98th percentile of the codes, other coordinates at the median")
+        ax.set_xlabel(
+            "continuous: 2nd to 98th percentile of the codes, others at the median"
+            + ("; categorical: each value in turn" if categorical else "")
+        )
     return path
 
 

@@ -1,5 +1,8 @@
 """`report.html` of a run: model, data, training and test metrics, curves and figures, in one
-self-contained page whose images are `figures/*.png` beside it."""
+self-contained page whose images are `figures/*.png` beside it. One page builder for every
+run kind: images get their figures, quantizers their codebook, sparse codes their density
+histogram, models of a network's activations the splice and the feature browser
+(`report/sparse.py`), and a group a page over its members, each with its own report."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from aekit.models.autoencoder import Autoencoder
 from aekit.report import figures
 from aekit.report.images import is_image_shape
 from aekit.train.checkpoint import EVAL, METRICS, REPORT, load, read_config
+from aekit.train.trainer import STEPS
 
 FIGURES = "figures"
 LAST_EPOCHS = 10
@@ -36,7 +40,7 @@ information about x, so the decoder learns to ignore it."""
 CODEBOOK_COLLAPSE_USAGE = 0.5
 """Warn of codebook collapse when the codebooks use fewer than this fraction of their codes
 (mean over slots) although the data coded enough vectors to use them all."""
-SLOTS = ("bottleneck", "likelihood", "corruption", "objective")
+SLOTS = ("body", "bottleneck", "likelihood", "corruption", "objective")
 CAPTIONS = {
     "curves": "Training curves per epoch.",
     "kl_per_dim": "Test KL per latent dimension (nats).",
@@ -44,7 +48,11 @@ CAPTIONS = {
     "samples": "Decoded samples, E[x|z] for z from the prior p(z) or, for models without one, "
     "from the Gaussian mixture fitted on the training codes; one row per class for "
     "label-conditioned models.",
-    "traversal": "Latent traversals: one row per dimension, the most active first.",
+    "traversal": "Latent traversals: one row per dimension, the most active first (a "
+    "categorical variable: one row through its values).",
+    "sae_curves": "Training terms every few steps.",
+    "density": "Feature density: the fraction of the evaluated rows on which each latent fires "
+    "(log scale); dead latents are counted in the title.",
     "latent_pca": "Codes of test examples in two dimensions.",
     "interpolation": "Interpolation between pairs of test inputs A and B (first and last "
     "columns): E[x|z] along the {method} path between their codes, ends included.",
@@ -87,7 +95,10 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
+def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
+    """An HTML table of `rows` (cells escaped, numbers right-aligned), with an optional
+    header row."""
+
     def cells(row: list[Any], tag: str) -> str:
         return "".join(
             f"<{tag}{' class=num' if _numeric(v) else ''}>{html.escape(_fmt(v))}</{tag}>"
@@ -99,7 +110,8 @@ def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _box(kind: str, text: str) -> str:
+def box(kind: str, text: str) -> str:
+    """A paragraph of escaped `text` styled as `kind` ("note" or "warning" in `CSS`)."""
     return f'<p class="{kind}">{html.escape(text)}</p>'
 
 
@@ -114,11 +126,12 @@ def _model_section(config: dict[str, Any], model: Autoencoder) -> str:
         ["recipe", m["recipe"]],
         ["input shape", tuple(m["input_shape"])],
         ["latent_dim", m["latent_dim"]],
-        ["networks", ", ".join(f"{k}={_fmt(v)}" for k, v in m["net"].items())],
     ]
+    if m.get("output_shape") is not None:
+        rows.append(["target shape (paired)", tuple(m["output_shape"])])
     rows += [[slot, _component(m[slot])] for slot in SLOTS if slot in m]
     rows.append(["parameters", f"{sum(p.numel() for p in model.parameters()):,}"])
-    return "<h2>Model</h2>" + _table(rows)
+    return "<h2>Model</h2>" + table(rows)
 
 
 def _data_section(
@@ -138,8 +151,8 @@ def _data_section(
             ["split sizes", ", ".join(f"{k} {len(d) if d else 0}" for k, d in sizes.items())],
             ["figures use", used],
         ]
-    body = _table(rows) if rows else ""
-    return "<h2>Data</h2>" + "".join(_box("note", n) for n in notes) + body
+    body = table(rows) if rows else ""
+    return "<h2>Data</h2>" + "".join(box("note", n) for n in notes) + body
 
 
 def _has_kl_term(model: Autoencoder, metrics: dict[str, Any]) -> bool:
@@ -263,52 +276,60 @@ def _codebook_section(
     parts = [f"<h2>Codebook</h2><p>on the {html.escape(split)} split</p>"]
     warning = codebook_warning(health, codebook_remedy(model))
     if warning:
-        parts.append(_box("warning", warning))
+        parts.append(box("warning", warning))
     vectors = _vectors_coded(health)
     if vectors < max(sizes):
         parts.append(
-            _box("note", f"Only {vectors} vectors were coded: at most that many codes can be used.")
+            box("note", f"Only {vectors} vectors were coded: at most that many codes can be used.")
         )
-    parts.append(_table(rows, header))
+    parts.append(table(rows, header))
     if health.get("code_counts"):
         figures.codebook_usage(health["code_counts"], folder / "codebook_usage.png")
         caption = CAPTIONS["codebook_usage"].format(split=split, panels=figures.CODEBOOK_PANELS)
-        parts.append(_figure_html("codebook_usage", caption))
+        parts.append(figure_html("codebook_usage", caption))
     return "".join(parts)
 
 
 def _eval_section(evaluation: dict[str, Any] | None) -> str:
     if not evaluation:
-        return "<h2>Test metrics</h2>" + _box("note", f"no {EVAL} in this run (run aekit eval)")
+        return "<h2>Test metrics</h2>" + box("note", f"no {EVAL} in this run (run aekit eval)")
     metrics = evaluation.get("metrics", {})
     rows = [[k, v] for k, v in metrics.items() if isinstance(v, int | float | str | bool)]
     where = f"split {evaluation.get('split', '?')} of {evaluation.get('data', '?')}"
-    return f"<h2>Test metrics</h2><p>{html.escape(where)}</p>" + _table(rows, ["metric", "value"])
+    parts = [f"<h2>Test metrics</h2><p>{html.escape(where)}</p>", table(rows, ["metric", "value"])]
+    splice = metrics.get("splice")
+    if isinstance(splice, dict):
+        parts += [
+            "<h3>Downstream: the model spliced into its network</h3>",
+            table([[k, v] for k, v in splice.items()]),
+        ]
+    return "".join(parts)
 
 
 def _history_section(history: list[dict[str, Any]]) -> str:
     if not history:
-        return _box("note", f"no epochs recorded in {METRICS}")
+        return box("note", f"no epochs recorded in {METRICS}")
+    shown = [key for key in ("elbo", "fvu", "l0") if any(key in r.get("val", {}) for r in history)]
     rows = [
         [
             r["epoch"],
             r["train"].get("loss"),
             r.get("val", {}).get("loss"),
-            r.get("val", {}).get("elbo"),
+            *(r.get("val", {}).get(key) for key in shown),
             r.get("examples_per_second"),
             "*" if r.get("best") else "",
         ]
         for r in history[-LAST_EPOCHS:]
     ]
-    header = ["epoch", "train loss", "val loss", "val elbo", "ex/s", "best"]
+    header = ["epoch", "train loss", "val loss", *(f"val {key}" for key in shown), "ex/s", "best"]
     seconds = sum(r.get("train_seconds", 0.0) for r in history)
-    return (
-        f"<h3>Last epochs</h3><p>{len(history)} epochs, {seconds:.1f} s of training</p>"
-        + _table(rows, header)
+    return f"<h3>Last epochs</h3><p>{len(history)} epochs, {seconds:.1f} s of training</p>" + table(
+        rows, header
     )
 
 
-def _figure_html(name: str, caption: str) -> str:
+def figure_html(name: str, caption: str) -> str:
+    """A figure showing `FIGURES/<name>.png` (relative to the page) with an escaped caption."""
     return (
         f'<figure><img src="{FIGURES}/{name}.png" alt="{html.escape(name)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -423,65 +444,166 @@ def _make_figures(
     return made
 
 
+def _page(title: str, parts: list[str]) -> str:
+    return "\n".join(
+        [
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+            *parts,
+            "</body></html>\n",
+        ]
+    )
+
+
+def _sparse_figures(
+    run_dir: Path, metrics: dict[str, Any], steps: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The step curves (any run that logged steps) and a sparse code's density histogram."""
+    from aekit.report import sparse
+
+    made = {}
+    folder = run_dir / FIGURES
+    if sparse.step_curves(steps, folder / "sae_curves.png"):
+        made["sae_curves"] = CAPTIONS["sae_curves"]
+    if "log10_density_histogram" in metrics:
+        sparse.density_histogram(
+            metrics["log10_density_histogram"], metrics.get("n", 0), folder / "density.png"
+        )
+        made["density"] = CAPTIONS["density"]
+    return made
+
+
 def build_report(
-    run_dir: str | Path, model: Autoencoder | None = None, splits: Splits | None = None
+    run_dir: str | Path,
+    model: Any = None,
+    splits: Splits | None = None,
+    *,
+    opened: Any = None,
+    source_model: Any = None,
 ) -> Path:
     """Write `run_dir/report.html` and its figures in `run_dir/figures/`; return the page's
-    path. The model is loaded from the run unless given; the data is rebuilt from the run's
-    config unless `splits` is given, and figures use its test split (else val, else train)."""
+    path. The model is loaded from the run unless given. Runs on a data set rebuild it from
+    their config unless `splits` is given, and the figures use its test split (else val,
+    else train). Runs on activations draw the feature browser when the opened activation
+    source (`opened`) is given, with token strings when the network is (`source_model`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     model = load(run_dir) if model is None else model
+    if config["kind"] == "group":
+        return _group_report(run_dir, config, model, opened, source_model)
     history = read_jsonl(run_dir / METRICS)
+    steps = read_jsonl(run_dir / STEPS) if (run_dir / STEPS).is_file() else []
     notes: list[str] = []
     evaluation = read_json(run_dir / EVAL, "eval file") if (run_dir / EVAL).is_file() else None
-    if splits is None:
-        splits = _load_splits(config.get("data"), notes)
-    picked = _pick(splits) if splits is not None else None
-    made = _make_figures(
-        model, history, evaluation, picked[1] if picked else None, run_dir / FIGURES, notes
-    )
-
     metrics = (evaluation or {}).get("metrics", {})
+    (run_dir / FIGURES).mkdir(exist_ok=True)
+    activations = config.get("activations")
+    browser = None
+    if activations is not None:
+        picked = None
+        made = {}
+        if history:
+            figures.curves(history, run_dir / FIGURES / "curves.png")
+            made["curves"] = CAPTIONS["curves"]
+        from aekit.report.sparse import BROWSER, feature_browser
+
+        browser = feature_browser(run_dir, model, opened, source_model, notes)
+        data_part = "<h2>Activations</h2>" + "".join(box("note", n) for n in notes)
+        data_part += table([[k, v] for k, v in activations.items()])
+        if browser is not None:
+            data_part += f'<p><a href="{BROWSER}/index.html">Feature browser</a></p>'
+    else:
+        if splits is None:
+            splits = _load_splits(config.get("data"), notes)
+        picked = _pick(splits) if splits is not None else None
+        made = _make_figures(
+            model, history, evaluation, picked[1] if picked else None, run_dir / FIGURES, notes
+        )
+        spec = config.get("data") or (splits.spec.to_dict() if splits is not None else None)
+        data_part = _data_section(spec, splits, picked[0] if picked else None, notes)
+    made.update(_sparse_figures(run_dir, metrics, steps))
     health = _codebook_health(model, picked[1] if picked else None, metrics, notes)
     health_split = picked[0] if picked else (evaluation or {}).get("split", "test")
     codebook = _codebook_section(model, health, health_split, run_dir / FIGURES)
     collapse = collapse_warning(metrics, model.latent_dim, _has_kl_term(model, metrics))
     warnings = [collapse] if collapse else []
-    spec = config.get("data") or (splits.spec.to_dict() if splits is not None else None)
-    title = f"{config['model']['recipe']} — {run_dir.resolve().name}"
 
     def figure(name: str) -> str:
-        return _figure_html(name, made[name]) if name in made else ""
+        return figure_html(name, made[name]) if name in made else ""
 
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        *(_box("warning", w) for w in warnings),
+        *(box("warning", w) for w in warnings),
         _model_section(config, model),
-        _data_section(spec, splits, picked[0] if picked else None, notes),
+        data_part,
         "<h2>Training configuration</h2>",
-        _table([[k, v] for k, v in (config.get("train") or {}).items()]),
+        table([[k, v] for k, v in (config.get("train") or {}).items()]),
         _eval_section(evaluation),
         figure("kl_per_dim"),
+        figure("density"),
         "<h2>Training</h2>",
         _history_section(history),
         figure("curves"),
+        figure("sae_curves"),
         codebook,
-        "<h2>Figures</h2>",
-        *(
-            figure(name)
-            for name in (
-                "reconstructions",
-                "samples",
-                "traversal",
-                "interpolation",
-                "latent_pca",
-                "prior_posterior",
-            )
-        ),
-        "</body></html>\n",
     ]
+    images = [
+        "reconstructions", "samples", "traversal", "interpolation", "latent_pca",
+        "prior_posterior",
+    ]  # fmt: skip
+    if any(name in made for name in images):
+        parts += ["<h2>Figures</h2>", *(figure(name) for name in images)]
+    title = f"{config['model']['recipe']} — {run_dir.resolve().name}"
     path = run_dir / REPORT
-    atomic_write_text(path, "\n".join(parts))
+    atomic_write_text(path, _page(title, parts))
+    return path
+
+
+def _group_report(
+    run_dir: Path, config: dict[str, Any], group: Any, opened: Any, source_model: Any
+) -> Path:
+    """The group's page: a row per member (its site and held-out figures, a link to its own
+    report, built here), the training terms of all members per step."""
+    import dataclasses
+
+    from aekit.models.group import MEMBERS
+
+    evaluation = read_json(run_dir / EVAL, "eval file") if (run_dir / EVAL).is_file() else None
+    metrics = (evaluation or {}).get("metrics", {})
+    history = read_jsonl(run_dir / METRICS)
+    last = history[-1].get("val", {}) if history else {}
+    steps = read_jsonl(run_dir / STEPS) if (run_dir / STEPS).is_file() else []
+    (run_dir / FIGURES).mkdir(exist_ok=True)
+    rows, links, notes = [], [], []
+    shown = metrics if metrics else last
+    for m in group.members:
+        member_dir = run_dir / MEMBERS / m.name
+        if (member_dir / "config.json").is_file():
+            view = None
+            if opened is not None:
+                sites = (m.site,) if m.target_site is None else (m.site, m.target_site)
+                view = dataclasses.replace(opened, sites=sites)
+            report = build_report(member_dir, group[m.name], opened=view, source_model=source_model)
+            links.append(f'<a href="{MEMBERS}/{m.name}/{report.name}">{html.escape(m.name)}</a>')
+        else:
+            notes.append(f"{member_dir} is missing: the group was not trained to the end")
+        keys = ("fvu", "l0", "dead_fraction")
+        rows.append([m.name, m.site, m.target_site, *(shown.get(f"{m.name}/{k}") for k in keys)])
+    made = _sparse_figures(run_dir, {}, steps)
+    where = f"held-out metrics from {EVAL}" if metrics else "the last validation (no eval.json)"
+    parts = [
+        *(box("note", n) for n in notes),
+        "<h2>Members</h2>",
+        f"<p>{html.escape(where)}; reports: {', '.join(links) or 'none'}</p>",
+        table(rows, ["member", "site", "target site", "fvu", "l0", "dead fraction"]),
+        "<h2>Activations</h2>",
+        table([[k, v] for k, v in (config.get("activations") or {}).items()]),
+        "<h2>Training configuration</h2>",
+        table([[k, v] for k, v in (config.get("train") or {}).items()]),
+        "<h2>Training</h2>",
+        _history_section(history),
+        figure_html("sae_curves", made["sae_curves"]) if "sae_curves" in made else "",
+    ]
+    title = f"group of {len(group.members)} — {run_dir.resolve().name}"
+    path = run_dir / REPORT
+    atomic_write_text(path, _page(title, parts))
     return path

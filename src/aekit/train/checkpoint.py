@@ -1,6 +1,8 @@
 """Run directories, weights and resumable checkpoints: safetensors + JSON, written atomically.
 
 Nothing here unpickles: tensors come from safetensors files, everything else from JSON.
+`config.json` says what the run is (`kind`: an autoencoder of any family, or a group of them);
+`load` dispatches on it, and reads runs of older versions through `train.legacy`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aekit.io import (
     read_safetensors,
     write_safetensors,
 )
+from aekit.train.legacy import legacy_parameter_names, upgrade_config, upgrade_state
 from aekit.version import __version__
 
 CONFIG = "config.json"
@@ -64,8 +67,13 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return read_safetensors(Path(path), "weights file")[0]
 
 
+def read_model_weights(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A weights file as a state for `model` (the names of older versions upgraded)."""
+    return upgrade_state(read_weights(path), model.config.to_dict())
+
+
 def load_weights(path: str | Path, model: nn.Module) -> None:
-    load_state(model, read_weights(path), Path(path))
+    load_state(model, read_model_weights(path, model), Path(path))
 
 
 def save_checkpoint(
@@ -94,20 +102,37 @@ def save_checkpoint(
     )
 
 
+def checkpoint_model_state(
+    tensors: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The model's state in a checkpoint's tensors under the current names, and whether they
+    were written by 0.1 (whose parameters had another order)."""
+    state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    upgraded = upgrade_state(state, model.config.to_dict())
+    return upgraded, upgraded is not state
+
+
 def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     path = Path(path)
     tensors, metadata = read_aekit_safetensors(path, "checkpoint", "aekit-checkpoint")
-    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    model_state, legacy = checkpoint_model_state(tensors, model)
     load_state(model, model_state, path)
+    # Optimiser state is indexed by position in model.parameters(); 0.1's order differed.
+    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    if legacy:
+        order = legacy_parameter_names(model.config.to_dict())
+        moved = {old: position[name] for old, name in enumerate(order)}
+    else:
+        moved = {i: i for i in position.values()}
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
             _, index, name = key.split("/", 2)
-            state.setdefault(int(index), {})[name] = value
+            state.setdefault(moved[int(index)], {})[name] = value
     for index, values in json.loads(metadata["optim_scalars"]).items():
-        state.setdefault(int(index), {}).update(values)
+        state.setdefault(moved[int(index)], {}).update(values)
     device = next(model.parameters()).device
     state = {
         i: {
@@ -127,13 +152,54 @@ def write_config(run_dir: Path, sections: dict[str, Any]) -> None:
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
+    """A run's config.json in the current layout (older runs upgraded on reading)."""
     run = Path(run)
     if not run.is_dir():
         raise AekitError(f"run directory not found: {run}")
     config = read_json(run / CONFIG, "run config")
     if not isinstance(config, dict) or "model" not in config:
         raise AekitError(f"{run / CONFIG} has no model section; is {run} an aekit run?")
+    try:
+        config = upgrade_config(config)
+    except (KeyError, TypeError) as e:
+        raise AekitError(f"{run / CONFIG} is incomplete or malformed ({e})") from None
+    if config["kind"] not in RUN_KINDS:
+        raise AekitError(
+            f"{run / CONFIG}: unknown run kind {config['kind']!r}; choose from "
+            f"{', '.join(RUN_KINDS)} (a newer aekit wrote it?)"
+        )
     return config
+
+
+def build_autoencoder(model: dict[str, Any], encoder=None, decoder=None) -> nn.Module:
+    from aekit.models.config import ModelConfig
+    from aekit.registry import build_from_config
+
+    return build_from_config(ModelConfig.from_dict(model), encoder, decoder)
+
+
+def build_group(model: dict[str, Any], encoder=None, decoder=None) -> nn.Module:
+    from aekit.models.group import GroupMember, ModelGroup
+
+    if encoder is not None or decoder is not None:
+        raise AekitError("a group's members use aekit's own networks; pass no encoder/decoder")
+    try:
+        members = [
+            GroupMember(m["name"], m["site"], m.get("target_site")) for m in model["members"]
+        ]
+        models = {m["name"]: build_autoencoder(m["model"]) for m in model["members"]}
+    except (KeyError, TypeError) as e:
+        raise AekitError(f"group config is incomplete or malformed ({e})") from None
+    return ModelGroup(models, members)
+
+
+RUN_KINDS = {"autoencoder": build_autoencoder, "group": build_group}
+"""config.json's `kind` -> how to rebuild the (untrained) model from its `model` section."""
+
+
+def model_from_config(config: dict[str, Any], encoder=None, decoder=None) -> nn.Module:
+    """The untrained model a run's (upgraded) config describes."""
+    return RUN_KINDS[config["kind"]](config["model"], encoder, decoder)
 
 
 def load(
@@ -144,31 +210,25 @@ def load(
     device: str | torch.device = "cpu",
     checkpoint: str = "best",
 ) -> nn.Module:
-    """The trained model of a run directory (`checkpoint="last"` for the latest epoch rather
-    than the best validation loss), in eval mode."""
+    """The trained model of a run directory, in eval mode: an Autoencoder of any family, or a
+    ModelGroup for a run over several sites (`load(run)["NAME"]` is a member).
+    `checkpoint="best"` gives the weights of the best validation loss (as saved for inference:
+    a sparse autoencoder's normalisation folded in), `"last"` those of the latest checkpoint."""
     from aekit.compress.index_prior import INDEX_PRIOR, IndexPrior
     from aekit.latent_density import LATENT_DENSITY, LatentGMM
-    from aekit.models.config import ModelConfig
-    from aekit.registry import build_from_config
-    from aekit.sae.train import is_sae_run
 
+    if checkpoint not in ("best", "last"):
+        raise AekitError(f"checkpoint must be best or last (got {checkpoint!r})")
     run = Path(run)
     saved = read_config(run)
-    if is_sae_run(saved):
-        from aekit.sae.train import load_sae
-
-        return load_sae(run, device=device)
-    config = ModelConfig.from_dict(saved["model"])
-    model = build_from_config(config, encoder, decoder)
+    model = model_from_config(saved, encoder, decoder)
     if checkpoint == "best":
         load_weights(run / WEIGHTS, model)
-    elif checkpoint == "last":
-        tensors, _ = read_safetensors(run / LAST, "checkpoint")
-        load_state(
-            model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, run / LAST
-        )
     else:
-        raise AekitError(f"checkpoint must be best or last (got {checkpoint!r})")
+        tensors, _ = read_safetensors(run / LAST, "checkpoint")
+        load_state(model, checkpoint_model_state(tensors, model)[0], run / LAST)
+    if saved["kind"] == "group":
+        return model.to(device).eval()
     if (run / LATENT_DENSITY).is_file():
         model.latent_density = LatentGMM.load(run / LATENT_DENSITY)
     if (run / INDEX_PRIOR).is_file():  # quantizer models: a prior over their code indices

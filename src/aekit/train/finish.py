@@ -1,5 +1,6 @@
-"""What follows training, shared by `aekit train` and `aekit bench`: a sampling density for
-models without a prior, and the test metrics."""
+"""What follows training, shared by `aekit train`, `aekit eval` and `aekit bench`: a sampling
+density for models without a prior, the test metrics, and for models of a network's
+activations the held-out metrics and the effect of splicing them back into the network."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 
 from aekit.bottlenecks.quantizer import Quantizer
 from aekit.data import Splits, TensorData
+from aekit.data.activations.source import OpenedSource
 from aekit.eval import evaluate
 from aekit.models.autoencoder import Autoencoder
+from aekit.models.group import ModelGroup
 
 
 def fit_sampling_density(
@@ -57,4 +60,34 @@ def evaluate_trained(
         metrics["index_prior_bits_per_pixel"] = ideal_bits_per_pixel(
             model, model.latent_density, data
         )
+    return metrics
+
+
+def evaluate_on_activations(
+    model: Autoencoder | ModelGroup,
+    opened: OpenedSource,
+    data: Any = None,
+    *,
+    source_model: Any = None,
+    batch_size: int = 4096,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`evaluate(detailed=True)` of a model (or each member of a group) on activation rows
+    (default: the source's held-out rows), and with `source_model` (the network, or the note
+    of why it is missing) the downstream effect of splicing it in, under "splice"
+    ("NAME/splice" for a group's members)."""
+    from aekit.eval.splice import splice_metrics
+
+    rows = opened.val if data is None else data
+    metrics = evaluate(model, rows, batch_size=batch_size, seed=seed, detailed=True)
+    if source_model is None:
+        return metrics
+    if isinstance(model, ModelGroup):
+        for m in model.members:
+            site = m.site if m.target_site is None else (m.site, m.target_site)
+            metrics[f"{m.name}/splice"] = splice_metrics(
+                model[m.name], opened, source_model, site=site, seed=seed
+            )
+    else:
+        metrics["splice"] = splice_metrics(model, opened, source_model, seed=seed)
     return metrics

@@ -1,4 +1,5 @@
-"""The one training loop every family shares.
+"""The one training loop every family shares, over the interface in `train/protocol.py`
+(any `Trainable` model, any `DataSource`).
 
 Per epoch: seeded shuffling (and dynamic binarisation), optimisation steps with the global
 step driving the model's schedules, validation at the end of those schedules, metrics
@@ -26,9 +27,9 @@ from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError, TrainingDiverged
 from aekit.eval.metrics import evaluate
 from aekit.io import append_jsonl, atomic_write_jsonl, read_jsonl
-from aekit.models.autoencoder import Autoencoder
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
+from aekit.train.protocol import Trainable
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class FitResult:
 class Trainer:
     def __init__(
         self,
-        model: Autoencoder | Any,
+        model: Trainable,
         train_data: TensorData | torch.Tensor | np.ndarray,
         val_data: TensorData | torch.Tensor | np.ndarray | None = None,
         config: TrainConfig | None = None,
@@ -130,6 +131,7 @@ class Trainer:
     def _config_sections(self) -> dict[str, Any]:
         spec = getattr(self.train_data, "spec", None)
         return {
+            "kind": getattr(self.model, "run_kind", "autoencoder"),
             "model": self.model.config.to_dict(),
             "train": self.config.to_dict(),
             "data": spec.to_dict() if spec is not None else None,
@@ -158,7 +160,7 @@ class Trainer:
         saved = ckpt.load_checkpoint(path, self.model, optimizer)
         self.state = TrainerState(**saved)
         if (self.run_dir / ckpt.WEIGHTS).is_file() and self.state.best_epoch is not None:
-            self.best_state = ckpt.read_weights(self.run_dir / ckpt.WEIGHTS)
+            self.best_state = ckpt.read_model_weights(self.run_dir / ckpt.WEIGHTS, self.model)
         # Epochs after the checkpoint (a crash between metrics and checkpoint) are redone.
         self.history = [
             r for r in read_jsonl(self.run_dir / ckpt.METRICS) if r["epoch"] <= self.state.epoch

@@ -1,0 +1,137 @@
+"""Several models trained on one stream of data: sparse autoencoders of other sites of the
+same forward pass, or other hyper-parameters on the same site. Reading the store (or running
+the network) once for all of them is what a sweep then costs once instead of N times.
+
+The group is one module for the shared trainer: its loss is the sum of the members' losses,
+which share no parameters, so each member gets exactly the gradient it would get alone (Adam
+is per parameter). A group's run directory holds the group's checkpoint and metrics, and one
+ordinary run directory per member (`RUN/members/NAME`), loadable on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from aekit.data.activations.source import pick
+from aekit.data.tensor_data import Batch
+from aekit.errors import AekitError
+from aekit.models.autoencoder import Autoencoder
+
+MEMBERS = "members"
+"""The folder of a group run that holds one run directory per member."""
+
+
+@dataclass
+class GroupMember:
+    """Where one member reads its input (and a transcoder's target) in the group's batches."""
+
+    name: str
+    site: str
+    target_site: str | None = None
+
+
+@dataclass
+class GroupConfig:
+    members: list[dict[str, Any]] = field(default_factory=list)
+    """Each member's name, site, target site and model config."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": self.members}
+
+
+@dataclass
+class GroupOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    """Each member's terms as NAME/TERM, and the summed loss."""
+    members: dict[str, Any]
+    """Each member's own output."""
+
+
+def check_member_name(name: str) -> None:
+    if not name or "." in name or "/" in name:
+        raise AekitError(f"member name {name!r} must be non-empty, without '.' or '/'")
+
+
+class ModelGroup(nn.Module):
+    """Models trained side by side on one data stream; each reads its own site."""
+
+    run_kind = "group"
+
+    def __init__(self, models: dict[str, Autoencoder], members: list[GroupMember]) -> None:
+        super().__init__()
+        names = [m.name for m in members]
+        if not members or len(set(names)) != len(names) or set(names) != set(models):
+            raise AekitError(f"a group needs members with distinct names (got {names})")
+        for name in names:
+            check_member_name(name)
+        self.models = nn.ModuleDict(models)
+        self.members = list(members)
+        self.config = GroupConfig(
+            [
+                {
+                    "name": m.name,
+                    "site": m.site,
+                    "target_site": m.target_site,
+                    "model": models[m.name].config.to_dict(),
+                }
+                for m in members
+            ]
+        )
+
+    def __getitem__(self, name: str) -> Autoencoder:
+        if name not in self.models:
+            raise AekitError(f"the group has no member {name!r} ({', '.join(self.models)})")
+        return self.models[name]
+
+    @property
+    def sites(self) -> list[str]:
+        """Every site the members read, in order."""
+        out: list[str] = []
+        for m in self.members:
+            for site in (m.site, m.target_site):
+                if site is not None and site not in out:
+                    out.append(site)
+        return out
+
+    def check_data(self, data: Any) -> None:
+        given = set(getattr(data, "sites", ()))
+        missing = [s for s in self.sites if s not in given]
+        if missing:
+            raise AekitError(f"{data.name} does not give the sites {missing}")
+
+    def schedule_end(self) -> int:
+        return max(model.schedule_end() for model in self.models.values())
+
+    def is_initialised(self) -> bool:
+        return all(model.is_initialised() for model in self.models.values())
+
+    def step_forward(self, batch: Batch, step: int) -> GroupOutput:
+        outs = {
+            m.name: self.models[m.name].step_forward(pick(batch, m.site, m.target_site), step)
+            for m in self.members
+        }
+        loss = sum(out.loss for out in outs.values())
+        terms = {f"{name}/{k}": v for name, out in outs.items() for k, v in out.terms.items()}
+        terms["loss"] = loss.detach()
+        return GroupOutput(loss, terms, outs)
+
+    def backward(self, out: GroupOutput) -> None:
+        out.loss.backward()
+        for model in self.models.values():
+            model.after_backward()
+
+    def after_step(self) -> None:
+        for model in self.models.values():
+            model.after_step()
+
+    def folded_state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"models.{name}.{k}": v
+            for name, model in self.models.items()
+            for k, v in model.folded_state_dict().items()
+        }

@@ -1,2 +1,0 @@
-"""Sparse autoencoders on a frozen network's activations: capture, store, train, evaluate,
-interpret."""

@@ -1,0 +1,51 @@
+"""The interface the one Trainer relies on: any module offering it trains, checkpoints,
+resumes and validates the same way (an `Autoencoder` of any family, a `ModelGroup`)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from aekit.data.protocol import DataSource
+from aekit.data.tensor_data import Batch
+
+
+class StepOutput(Protocol):
+    loss: torch.Tensor
+    """The scalar minimised."""
+    terms: dict[str, torch.Tensor]
+    """Named, detached batch means that the epoch record averages."""
+
+
+class RunConfig(Protocol):
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what `config.json` records to rebuild the model."""
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """What the Trainer calls, in order: `check_data` once per source; per step
+    `step_forward`, `backward`, the optimiser step, `after_step`; `schedule_end` to warn when
+    the run ends before the schedules do. Besides these it is an `nn.Module` (parameters,
+    state_dict, train/eval, to) whose `config` is saved in the run directory under its
+    `run_kind` (how `aekit.load` rebuilds it), and whose `folded_state_dict()`, when it has
+    one, gives the weights saved for inference."""
+
+    config: RunConfig
+    run_kind: str
+
+    def check_data(self, data: DataSource) -> None:
+        """Raise an AekitError naming what does not fit (shape, labels, targets)."""
+
+    def step_forward(self, batch: Batch, step: int) -> StepOutput:
+        """The training objective of one batch at global step `step`."""
+
+    def backward(self, out: StepOutput) -> None:
+        """Gradients of the objective, with any projection the parameters need."""
+
+    def after_step(self) -> None:
+        """After the optimiser step: constraints (unit-norm rows)."""
+
+    def schedule_end(self) -> int:
+        """The step at which warm-ups and annealing reach their final values."""
