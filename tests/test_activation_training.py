@@ -308,6 +308,12 @@ def test_the_command_line_trains_one_sae_per_site_in_one_pass(store, tmp_path, c
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["encoder_layer_0/n"] == 64 and "encoder_layer_1/fvu" in metrics
     assert not (run / "eval-store-test.json").exists()
+    # Another store of the same sites (here the same one, named): every row by default.
+    assert main(["eval", str(run), "--data", str(store), "--no-splice", "--device", "cpu"]) == 0
+    every = json.loads((run / "eval-store-all.json").read_text())
+    assert every["split"] == "all rows"
+    assert every["metrics"]["encoder_layer_0/n"] == ActivationStore(store).rows
+    assert "encoder_layer_0/splice" not in every["metrics"]
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-report"]) == 0
     assert [json.loads(r)["epoch"] for r in (run / ckpt.METRICS).open()] == [1, 2]

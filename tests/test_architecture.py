@@ -174,3 +174,29 @@ def test_layering_rules(prefix):
         if breaks(target) and not (prefix == "aekit" and module == "aekit.cli")
     ]
     assert not broken, f"{rule}: {broken}"
+
+
+def test_every_model_and_data_source_offers_the_written_down_interfaces(tmp_path):
+    """The Trainer's `Trainable` and the data's `DataSource`: an autoencoder of any family, a
+    group of them; in-memory tensors, a store's view."""
+    import torch
+
+    import aekit
+    from aekit.data.activations import StoreWriter
+    from aekit.data.protocol import DataSource, PairedSource
+    from aekit.train.protocol import Trainable
+
+    recipes = [("vae", {}), ("sae-topk", {"k": 2}), ("ksae", {"k": 2, "latent_dim": 8})]
+    models = [aekit.build(name, (8,), **options) for name, options in recipes]
+    group = aekit.ModelGroup({"a": models[1]}, [aekit.GroupMember("a", "s")])
+    for model in [*models, group]:
+        assert isinstance(model, Trainable), type(model).__name__
+    assert isinstance(aekit.TensorData(torch.rand(4, 8)), DataSource)
+    writer = StoreWriter(tmp_path / "store", {"s": 8, "t": 3}, dtype="float32")
+    n = torch.zeros(16, dtype=torch.long)
+    writer.add({"s": torch.randn(16, 8), "t": torch.randn(16, 3)}, n, n, n)
+    store = writer.close()
+    view = store.stream(("s", "t"))
+    assert isinstance(view, PairedSource) and view.target_shape == (3,)
+    batch = next(view.batches(5, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert batch.x.shape == (5, 8) and batch.y.shape == (5, 3) and set(batch.by_site) == {"s", "t"}

@@ -165,7 +165,8 @@ def sae_metrics(
                     f"targets have shape {tuple(t.shape[1:])}: wrong site or model"
                 )
             count_active(fired, values, indices)
-            t64, x_hat64 = t.to(acc), x_hat.to(acc)
+            # Rows of any shape (images for a k-sparse autoencoder) as flat vectors.
+            t64, x_hat64 = t.flatten(1).to(acc), x_hat.flatten(1).to(acc)
             sums += torch.stack(
                 [
                     (values != 0).sum().to(acc),
@@ -200,7 +201,7 @@ def sae_metrics(
         "l0": l0 / n,
         "fvu": fvu,
         "explained_variance": 1.0 - fvu,
-        "mse": sq_err / (n * t.shape[1]),
+        "mse": sq_err / (n * t[0].numel()),
         "cosine": cos / n,
         "relative_reconstruction_bias": xhat_sq / xhat_dot if xhat_dot != 0 else math.nan,
         "density": density.tolist(),

@@ -1,13 +1,19 @@
-"""Encoder/decoder bodies, one registry (`NETS`): importing this package registers them all."""
+"""Encoder/decoder bodies, one registry (`NETS`): importing this package registers them all
+(every module in it: a new body is one file with its `@NETS.register` line)."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from torch import nn
 
 from aekit.components import Dims
-from aekit.nets import conv, dictionary, mlp  # noqa: F401  (registration)
 from aekit.nets.base import NETS, Body, LayerOptions
 from aekit.nets.conv import grid_positions
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["NETS", "Body", "LayerOptions", "build_networks", "grid_positions", "resolve_body"]
 

@@ -1,13 +1,10 @@
 """Training objectives: how one forward pass (reconstruction NLL, the bottleneck's densities
-and draws) becomes the loss. Importing this package registers them all."""
+and draws) becomes the loss. Importing this package registers them all (every module in it:
+a new objective is one file with its `@OBJECTIVES.register` line)."""
 
-from aekit.objectives import (  # noqa: F401 (registration)
-    elbo,
-    importance,
-    matching,
-    regularised,
-    sparse,
-)
+import importlib
+import pkgutil
+
 from aekit.objectives.base import (
     OBJECTIVES,
     ForwardPass,
@@ -18,3 +15,6 @@ from aekit.objectives.base import (
 )
 
 __all__ = ["OBJECTIVES", "ForwardPass", "Objective", "ObjectiveOutput", "auxiliary", "ramp"]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
