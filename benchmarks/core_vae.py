@@ -84,7 +84,7 @@ def main() -> None:
         "data": args.data,
         "shape": list(splits.train.shape),
         "train/val/test": [len(splits.train), len(splits.val or []), len(splits.test)],
-        "body": resolve_body(model.config.net, model.input_shape),
+        "body": resolve_body(model.config.body.kind, model.config.body.options, model.input_shape),
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs": args.epochs,
         "best_epoch": result.best_epoch,

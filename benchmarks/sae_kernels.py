@@ -24,21 +24,21 @@ import time
 import torch
 from torch.nn import functional as F
 
-from aekit.sae.config import SAEConfig
-from aekit.sae.model import SparseAutoencoder
+import aekit
 
 
-def half_sparse_step(model: SparseAutoencoder, x: torch.Tensor) -> None:
+def half_sparse_step(model: aekit.Autoencoder, x: torch.Tensor) -> None:
     """ReLU encoder with its dense backward, top-k, embedding_bag decode; FVU loss."""
-    pre = F.relu(F.linear(x - model.b_dec, model.W_enc, model.b_enc))
-    values, indices = pre.topk(model.config.k, dim=1, sorted=False)
-    x_hat = F.embedding_bag(indices, model.W_dec, per_sample_weights=values, mode="sum")
-    x_hat = x_hat + model.b_dec
+    enc, dec = model.encoder, model.decoder
+    pre = F.relu(F.linear(x - dec.b_dec, enc.W_enc, enc.b_enc))
+    values, indices = pre.topk(model.bottleneck.options.k, dim=1, sorted=False)
+    x_hat = F.embedding_bag(indices, dec.W_dec, per_sample_weights=values, mode="sum")
+    x_hat = x_hat + dec.b_dec
     fvu = (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     fvu.backward()
 
 
-def aekit_step(model: SparseAutoencoder, x: torch.Tensor) -> None:
+def aekit_step(model: aekit.Autoencoder, x: torch.Tensor) -> None:
     model.backward(model(x, step=0))
 
 
@@ -61,10 +61,15 @@ def compare(d: int, n: int, k: int, batch: int, repeats: int) -> dict[str, float
     for mode in ("dense", "sparse"):
         torch.manual_seed(0)
         # aux_coefficient=0: the dead-latent term is not part of this comparison.
-        config = SAEConfig(
-            d_in=d, n_latents=n, k=k, sparse_decode=mode, aux_coefficient=0.0, normalize=False
+        models[mode] = aekit.build(
+            "sae-topk",
+            (d,),
+            latent_dim=n,
+            k=k,
+            sparse_decode=mode,
+            aux_coefficient=0.0,
+            normalize=False,
         )
-        models[mode] = SparseAutoencoder(config)
         models[mode].initialise(x[:1024])
     arms = {
         "dense": lambda: aekit_step(models["dense"], x),

@@ -11,7 +11,7 @@ contexts captured) are held out: every figure in the table is measured on them.
 Every model has 16 x 384 = 6,144 latents and targets L0 = 32, and trains on the SAME batches
 (the aekit trainer's seeded shuffled pass over the store, reproduced batch for batch for the
 peer), the same number of steps, and (unless said) Adam at the same constant learning rate
-(`aekit.sae.recipes.default_lr`: 2e-4 / sqrt(n / 2^14), the rule sparsify uses too), no
+(`aekit.registry.sae_learning_rate`: 2e-4 / sqrt(n / 2^14), the rule sparsify uses too), no
 warm-up. Batches are of 1,024 rows (`--batch-size`), not the recipes' 4,096: the store holds
 ~267k training rows, one pass of 65 steps at 4,096, too few for a dictionary to form.
 
@@ -22,7 +22,7 @@ warm-up. Batches are of 1,024 rows (`--batch-size`), not the recipes' 4,096: the
   secant step) of L0 against the coefficient, the next estimate used for the full run; the
   search stops, keeping the default, when L0 does not respond over a factor of 10. Their
   penalty warm-ups are 10% of the run's steps (the paper defaults of 1,000 and 10,000 steps
-  are longer than this whole run). Trained by `aekit.sae.train.train_sae`. A diagnostic row
+  are longer than this whole run). Trained by `aekit.train.runs.train_on_source`. A diagnostic row
   (`--diagnostics`) trains sae-topk with its encoder started at sparsify's initial scale.
 - sparsify: `SparseCoder(384, SparseCoderConfig(expansion_factor=16, k=32))` trained by a
   loop that does what sparsify's Trainer does per step on the FVU loss (b_dec set to the first
@@ -86,6 +86,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import aekit
+from aekit.bottlenecks import BOTTLENECKS, KSparse
 from aekit.data.activations.capture import capture
 from aekit.data.activations.models import load_model
 from aekit.data.activations.source import ActivationSource, open_source
@@ -94,8 +96,9 @@ from aekit.data.activations.texts import python_docs
 from aekit.data.activations.tokens import contexts_from_texts
 from aekit.eval.sparse import sae_metrics
 from aekit.eval.splice import splice_effect
-from aekit.sae.recipes import default_lr
-from aekit.sae.train import build_sae, sae_train_config, train_sae
+from aekit.registry import sae_learning_rate
+from aekit.sparse import SparseCode
+from aekit.train.runs import model_for_source, recipe_train_config, train_on_source
 from aekit.train.trainer import Trainer, derive_seed
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +113,7 @@ RECIPES = (
 CALIBRATED = {"sae-relu": "l1_coefficient", "sae-jumprelu": "l0_coefficient"}
 WARMUP = {"sae-relu": "l1_warmup_steps", "sae-jumprelu": "l0_warmup_steps"}
 START = {"sae-relu": 5.0, "sae-jumprelu": 0.001}
-"""The search starts at the recipe defaults (SAEConfig)."""
+"""The search starts at the recipe defaults (aekit.RECIPES[recipe].options)."""
 AUX_ALPHA = 1 / 32
 SPLICE_BATCH = 16
 
@@ -144,19 +147,23 @@ def sparsify_available() -> str | None:
 
 class SparsifyAsAekit(nn.Module):
     """A sparsify SparseCoder behind the methods aekit's metrics and splice call:
-    encode_sparse -> (values, indices) (B, k), decode_sparse, reconstruct (raw in, raw out)."""
+    encode_sparse -> SparseCode (values, indices) (B, k), decode_sparse, reconstruct (raw in,
+    raw out), and `latent_dim` and `paired` (an autoencoder, not a transcoder)."""
+
+    paired = False
 
     def __init__(self, coder: nn.Module) -> None:
         super().__init__()
         self.coder = coder
-        self.d_in = self.d_out = coder.d_in
-        self.n_latents = coder.num_latents
+        self.latent_dim = coder.num_latents
 
-    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_sparse(self, x: torch.Tensor) -> SparseCode:
         out = self.coder.encode(x)
-        return out.top_acts, out.top_indices
+        return SparseCode(out.top_acts, out.top_indices)
 
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def decode_sparse(
+        self, values: torch.Tensor, indices: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.coder.decode(values, indices)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +192,7 @@ class SparsifyStep:
             # aekit's optimiser: Adam, aekit's lr (the same 2e-4/sqrt(n/2^14) rule sparsify
             # uses for adam), constant, no warm-up (sparsify's adam default adds a 1,000-step
             # warm-up and a linear decay to 0).
-            self.lr = default_lr(n)
+            self.lr = sae_learning_rate(n)
             self.opt = torch.optim.Adam(self.coder.parameters(), lr=self.lr)
         elif optimiser == "signum":
             from schedulefree import ScheduleFreeWrapper
@@ -291,13 +298,16 @@ def get_store(args: argparse.Namespace) -> ActivationStore:
 # ----------------------------------------------------------------------------- aekit
 
 
+def k_sparse(recipe: str) -> bool:
+    """Whether the recipe's bottleneck keeps k latents (topk, batchtopk, abstopk): only those
+    take k and run AuxK (relu and jumprelu have neither)."""
+    return issubclass(BOTTLENECKS[aekit.RECIPES[recipe].kinds["bottleneck"]], KSparse)
+
+
 def aekit_options(recipe: str, args: argparse.Namespace, steps: int) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "expansion": args.expansion,
-        "k": args.k,
-        "dead_tokens": args.dead_tokens,
-        "aux_coefficient": AUX_ALPHA,
-    }
+    options: dict[str, Any] = {"expansion": args.expansion, "dead_tokens": args.dead_tokens}
+    if k_sparse(recipe):
+        options.update(k=args.k, aux_coefficient=AUX_ALPHA)
     if recipe in WARMUP:
         options[WARMUP[recipe]] = max(1, steps // 10)
     return options
@@ -313,20 +323,41 @@ def train_config(args: argparse.Namespace, epochs: int | None = None) -> dict[st
     }
 
 
+def build_for(recipe: str, opened: Any, options: dict[str, Any], *, seed: int) -> aekit.Autoencoder:
+    """A recipe's model for the rows of `opened` (anything with `d_in` and `sample`, such as
+    an OpenedSource), seeded and initialised from the sample rows as `model_for_source`
+    does it."""
+    torch.manual_seed(seed)
+    model = aekit.build(recipe, (opened.d_in,), **options)
+    model.initialise(opened.sample)
+    return model
+
+
+def train_recipe(
+    recipe: str, source: ActivationSource, values: dict[str, Any], options: dict[str, Any]
+) -> tuple[aekit.Autoencoder, aekit.FitResult]:
+    """A recipe's model built for the source (seeded by `values["seed"]`, initialised from
+    the source's sample rows) and trained by aekit's trainer on it, the held-out rows
+    validating: what `aekit train RECIPE --activations STORE` runs."""
+    seed = values.get("seed", 0)
+    opened = open_source(source, seed=seed)
+    model = model_for_source(recipe, opened, options, seed=seed)
+    fit, _ = train_on_source(model, source, values, opened=opened)
+    return model, fit
+
+
 def probe(
     recipe: str, coefficient: float, opened: Any, args: argparse.Namespace, steps: int
 ) -> float:
     """L0 on 8,192 held-out rows after a probe run: as many steps as the full run (the
     penalties' warm-ups and Adam's lr-limited movement depend on steps, not rows) on smaller
     batches (`--calib-fraction` of the batch size) from the first training rows, built and
-    trained by the same aekit pieces train_sae uses."""
+    trained by the same aekit pieces train_on_source uses."""
     batch = probe_batch(args)
     options = aekit_options(recipe, args, steps) | {CALIBRATED[recipe]: coefficient}
-    torch.manual_seed(args.seed)
-    model = build_sae(recipe, opened.d_in, **options)
-    model.initialise(opened.sample)
+    model = build_for(recipe, opened, options, seed=args.seed)
     values = train_config(args, epochs=1) | {"batch_size": batch}
-    config = sae_train_config(model.n_latents, **values)
+    config = recipe_train_config(model, **values)
     rows = min(len(opened.train), steps * batch)
     Trainer(model, opened.train.slice(0, rows), None, config).fit()
     val = opened.val.slice(0, min(len(opened.val), 8192))
@@ -452,11 +483,9 @@ def aekit_arm(recipe: str, opened: Any, args: argparse.Namespace, **options: Any
     """A fresh aekit model and the body of aekit's Trainer loop (trainer.py `_train_epoch`)
     for one batch: forward, finiteness check, zero_grad, backward (with the decoder gradient
     projection), Adam step, after_step (decoder renormalisation)."""
-    torch.manual_seed(args.seed)
-    model = build_sae(recipe, opened.d_in, **options)
-    model.initialise(opened.sample)
+    model = build_for(recipe, opened, options, seed=args.seed)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=default_lr(model.n_latents))
+    opt = torch.optim.Adam(model.parameters(), lr=sae_learning_rate(model.latent_dim))
     count = [0]
 
     def step(x: torch.Tensor) -> None:
@@ -469,7 +498,8 @@ def aekit_arm(recipe: str, opened: Any, args: argparse.Namespace, **options: Any
         model.after_step()
         count[0] += 1
 
-    step.dead = lambda: int((model.tokens_since_fired >= model.config.dead_tokens).sum())
+    bottleneck = model.bottleneck
+    step.dead = lambda: int((bottleneck.tokens_since_fired >= bottleneck.options.dead_tokens).sum())
     return step
 
 
@@ -633,7 +663,7 @@ COMPARABILITY = (
     "nn.Linear (rows of norm ~0.58 before the decoder copy is normalised). With Adam, whose "
     "steps are of the size lr whatever the gradient's scale, the same nominal lr is then not "
     "the same effective step. aekit's k-sparse SAEs now start their encoder rows at "
-    "sparsify's norm 1/sqrt(3) (SAEConfig.encoder_init_norm); the diagnostic row (an exact "
+    "sparsify's norm 1/sqrt(3) (the dictionary's encoder_init_norm); the diagnostic row (an exact "
     "transpose, the default before, same batches) isolates that initial scale.",
     "sparsify renormalises decoder rows before each forward (its final weights are those "
     "after the last optimiser step), aekit after each step; sparsify's dead counter is "
@@ -954,13 +984,13 @@ def main() -> None:
                 "probe_steps": steps,
             }
         log(f"training aekit {recipe}")
-        model, fit, _ = train_sae(recipe, source, train_config(args), **options)
+        model, fit = train_recipe(recipe, source, train_config(args), options)
         seconds = sum(r["train_seconds"] for r in fit.history)
         train = {
             "steps": fit.steps,
             "train_seconds": seconds,
             "activations_per_s": n_train * fit.epochs / seconds,
-            "lr": default_lr(model.n_latents),
+            "lr": sae_learning_rate(model.latent_dim),
             "optimiser": "adam",
             "last_epoch_train_terms": fit.history[-1]["train"],
             "best_epoch": fit.best_epoch,
@@ -1001,10 +1031,9 @@ def main() -> None:
             options["normalize"] = False
         if diagnostic == "exact-transpose":
             options["encoder_init_norm"] = 0.0
-        torch.manual_seed(args.seed)  # as train_sae: same initialisation, same batches
-        model = build_sae("sae-topk", opened.d_in, **options)
-        model.initialise(opened.sample)
-        config = sae_train_config(model.n_latents, **train_config(args))
+        # as train_recipe: same initialisation, same batches
+        model = build_for("sae-topk", opened, options, seed=args.seed)
+        config = recipe_train_config(model, **train_config(args))
         fit = Trainer(model, opened.train, None, config).fit()
         seconds = sum(r["train_seconds"] for r in fit.history)
         result = evaluate(model)
@@ -1102,7 +1131,7 @@ def main() -> None:
         "input_rms_norm": float(opened.sample.pow(2).sum(1).mean().sqrt()),
         "n_latents": n_latents,
         "steps": steps,
-        "lr": default_lr(n_latents),
+        "lr": sae_learning_rate(n_latents),
         "same_batches_check": same_batches,
         "splice_contexts": len(evaluate.contexts),
         "splice_tokens": int(runs[0]["eval"]["splice"]["tokens"]) if runs else 0,

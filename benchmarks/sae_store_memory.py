@@ -193,21 +193,15 @@ def phase_stream(args: argparse.Namespace) -> dict:
 def phase_train(args: argparse.Namespace) -> dict:
     import torch
 
+    import aekit
     from aekit.data.activations.store import ActivationStore
 
-    try:
-        from aekit.sae.config import SAEConfig
-        from aekit.sae.model import SparseAutoencoder
-    except ImportError as e:
-        return {"phase": "train", "skipped": f"no SAE model yet ({e})"}
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     store = ActivationStore(args.out)
     site = store.sites[0]
     view = store.stream(site, buffer_rows=args.buffer_rows)
-    sae = SparseAutoencoder(
-        SAEConfig(d_in=store.widths[site], expansion=args.expansion, activation="topk", k=args.k)
-    )
+    sae = aekit.build("sae-topk", (store.widths[site],), expansion=args.expansion, k=args.k)
     sae.initialise(store.sample(site, 32_768, seed=args.seed))
     optimizer = torch.optim.Adam(sae.parameters(), lr=args.lr)
     reset = _reset_peak()
@@ -236,7 +230,7 @@ def phase_train(args: argparse.Namespace) -> dict:
         "phase": "train",
         "rows": rows,
         "steps": steps,
-        "n_latents": sae.n_latents,
+        "n_latents": sae.latent_dim,
         "k": args.k,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),

@@ -9,8 +9,8 @@ consecutive features co-fire: equally frequent features of a group have firing c
 `--correlated`). Each seed draws new features and rows, shared by every recipe (a paired
 comparison); the last `--val-rows` rows are held out.
 
-Every recipe (`aekit.sae.train.build_sae`) gets n_latents = `--latents-per-feature` x
-n_features latents and is trained by the shared Trainer with `sae_train_config` (Adam, the
+Every recipe (`aekit.build`) gets latent_dim = `--latents-per-feature` x n_features
+latents and is trained by the shared Trainer with `recipe_train_config` (Adam, the
 learning rate from the dictionary size, constant schedule) for the same number of steps and
 batch size. The k-sparse recipes (topk, batchtopk, matryoshka, abstopk) take k = round(active),
 the true mean active count. ReLU-L1 and JumpReLU have no k: their coefficient (l1_coefficient,
@@ -24,7 +24,7 @@ achieved L0 (held-out, each seed) is reported as measured, not as the target.
 Deviations from the recipes' paper defaults, all because these runs are short:
 - the penalty warm-ups (relu's l1_warmup_steps, jumprelu's l0_warmup_steps) last
   `--warmup-fraction` of the run (Anthropic: 5% of training);
-- JumpReLU starts its thresholds at sqrt(lambda) (SAEConfig's own rule of thumb: a latent
+- JumpReLU starts its thresholds at sqrt(lambda) (l0_coefficient's own rule of thumb: a latent
   must explain about lambda of squared error to fire) instead of 0.001: the thresholds are
   learned as log-thresholds by Adam, which moves them by about lr per step, so in a few
   hundred steps they cannot climb from 0.001 to the scale of the features' pre-activations;
@@ -70,11 +70,12 @@ from typing import Any
 
 import torch
 
+import aekit
 from aekit.data.activations.synthetic import make_sparse_data
 from aekit.data.tensor_data import TensorData
 from aekit.eval.recovery import feature_recovery
 from aekit.eval.sparse import sae_metrics
-from aekit.sae.train import build_sae, sae_train_config, validate
+from aekit.train.runs import recipe_train_config
 from aekit.train.trainer import Trainer
 
 RECIPES = (
@@ -163,7 +164,7 @@ def make_data(args: argparse.Namespace, rho: float, seed: int):
 def recipe_options(args: argparse.Namespace, recipe: str, coefficient: float | None) -> dict:
     total = epochs(args) * math.ceil(args.rows / args.batch_size)
     warmup = max(1, round(args.warmup_fraction * total))
-    options: dict[str, Any] = {"n_latents": args.n_latents, "dead_tokens": args.dead_tokens}
+    options: dict[str, Any] = {"latent_dim": args.n_latents, "dead_tokens": args.dead_tokens}
     if recipe == "sae-relu":
         options.update(l1_coefficient=coefficient, l1_warmup_steps=warmup)
     elif recipe == "sae-jumprelu":
@@ -185,9 +186,9 @@ def train_one(args, recipe: str, coefficient: float | None, data, seed: int) -> 
     train, val, features = data
     options = recipe_options(args, recipe, coefficient)
     torch.manual_seed(seed)
-    model = build_sae(recipe, args.d, **options)
-    config = sae_train_config(
-        model.n_latents,
+    model = aekit.build(recipe, (args.d,), **options)
+    config = recipe_train_config(
+        model,
         epochs=epochs(args),
         batch_size=args.batch_size,
         eval_batch_size=8192,
@@ -197,10 +198,10 @@ def train_one(args, recipe: str, coefficient: float | None, data, seed: int) -> 
         device="cpu",
     )
     start = time.perf_counter()
-    fit = Trainer(model, train, val, config, evaluator=validate).fit()
+    fit = Trainer(model, train, val, config).fit()
     seconds = time.perf_counter() - start
     metrics = sae_metrics(model, val, batch_size=8192)
-    decoder = model.W_dec.detach()
+    decoder = model.decoder_directions()
     recovery = feature_recovery(decoder, features)
     recovery_abs = feature_recovery(decoder, features, absolute=True)
     best = torch.tensor(recovery["max_cosine"])

@@ -13,7 +13,7 @@ The sides (all reused from benchmarks/sae_minilm.py where it has them):
 
 - aekit: `sae-topk` (tied init, unit-norm decoder with the parallel gradient removed,
   inputs scaled to unit mean squared norm, b_dec at the geometric median, AuxK 1/32), trained
-  by aekit's Trainer, Adam at `default_lr(6144)` = 3.27e-4, constant. The FVU runs add
+  by aekit's Trainer, Adam at `sae_learning_rate(6144)` = 3.27e-4, constant. The FVU runs add
   `sae-abstopk` (top-k by |pre-activation|, signs kept), the like-for-like recipe for the
   autoencoders package's selection (`--no-abstopk` to skip).
 - sparsify: `SparseCoder(384, SparseCoderConfig(expansion_factor=16, k=32))`, stepped as
@@ -42,7 +42,7 @@ is over the same 32,768 held-out rows. AuxK: alpha 1/32 and the same dead thresh
 quarter of the training rows) for aekit and sparsify. aekit is trained at its default and at
 each `--init-norms` value of `encoder_init_norm` (the initial encoder rows' norm; 0 is the
 exact transpose of the unit-norm decoder, aekit's default before this benchmark; the
-default is now 1/sqrt(3) for k-sparse SAEs, see SAEConfig.encoder_init_norm), with the same
+default is now 1/sqrt(3) for k-sparse SAEs, see DictionaryOptions.encoder_init_norm), with the same
 seed, hence the same directions.
 
     flock /tmp/bench.lock python benchmarks/peers/vs_sparsify.py --only fvu --sides aekit,sparsify
@@ -81,8 +81,9 @@ from common import peer_module, save_result  # noqa: E402
 from aekit.data import TensorData  # noqa: E402
 from aekit.data.activations.source import ActivationSource, open_source  # noqa: E402
 from aekit.eval.sparse import sae_metrics  # noqa: E402
-from aekit.sae.recipes import default_lr  # noqa: E402
-from aekit.sae.train import build_sae, sae_train_config  # noqa: E402
+from aekit.registry import sae_learning_rate  # noqa: E402
+from aekit.sparse import SparseCode  # noqa: E402
+from aekit.train.runs import recipe_train_config  # noqa: E402
 from aekit.train.trainer import Trainer, derive_seed  # noqa: E402
 
 SIDES = ("aekit", "sparsify", "autoencoders", "hand")
@@ -180,21 +181,25 @@ def autoencoders_topk(d_in: int, args: argparse.Namespace, lr: float):
 
 
 class PeerTopKAsAekit(nn.Module):
-    """The autoencoders TopK SAE behind encode_sparse / decode_sparse / reconstruct."""
+    """The autoencoders TopK SAE behind encode_sparse / decode_sparse / reconstruct (and the
+    `latent_dim` and `paired` aekit's metrics read)."""
+
+    paired = False
 
     def __init__(self, model: nn.Module, k: int) -> None:
         super().__init__()
         self.model, self.k = model, k
-        self.n_latents = model.config.latent_dim
-        self.d_in = self.d_out = model.sample_spec.shape[-1]
+        self.latent_dim = model.config.latent_dim
 
-    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_sparse(self, x: torch.Tensor) -> SparseCode:
         pre = self.model.project_to_core(self.model.encode(x))
         indices = pre.abs().topk(self.k, dim=1).indices
-        return pre.gather(1, indices), indices
+        return SparseCode(pre.gather(1, indices), indices)
 
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        z = values.new_zeros(values.shape[0], self.n_latents).scatter(1, indices, values)
+    def decode_sparse(
+        self, values: torch.Tensor, indices: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        z = values.new_zeros(values.shape[0], self.latent_dim).scatter(1, indices, values)
         return self.model.decode(self.model.project_from_core(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +214,8 @@ class HandTopK(nn.Module):
     threshold). Init as Gao et al.'s reference code: an nn.Linear encoder, the decoder its
     transpose with unit-norm rows; b_dec at the sample mean."""
 
+    paired = False
+
     def __init__(self, d: int, n: int, k: int, sample: torch.Tensor) -> None:
         super().__init__()
         encoder = nn.Linear(d, n)
@@ -216,7 +223,7 @@ class HandTopK(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(F.normalize(encoder.weight.detach().clone(), dim=1))
         self.b_dec = nn.Parameter(sample.mean(0).clone())
-        self.k, self.n_latents, self.d_in, self.d_out = k, n, d, d
+        self.k, self.latent_dim = k, n
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
@@ -225,11 +232,13 @@ class HandTopK(nn.Module):
         x_hat = z @ self.W_dec + self.b_dec
         return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
 
-    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_sparse(self, x: torch.Tensor) -> SparseCode:
         values, indices = F.linear(x - self.b_dec, self.W_enc, self.b_enc).topk(self.k, dim=1)
-        return values.relu(), indices
+        return SparseCode(values.relu(), indices)
 
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def decode_sparse(
+        self, values: torch.Tensor, indices: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + (
             self.b_dec
         )
@@ -241,7 +250,7 @@ class HandTopK(nn.Module):
 def hand_arm(opened: Any, args: argparse.Namespace):
     torch.manual_seed(args.seed)
     model = HandTopK(opened.d_in, args.expansion * opened.d_in, args.k, opened.sample)
-    opt = torch.optim.Adam(model.parameters(), lr=default_lr(args.expansion * opened.d_in))
+    opt = torch.optim.Adam(model.parameters(), lr=sae_learning_rate(args.expansion * opened.d_in))
 
     def step(x: torch.Tensor) -> None:
         loss = model.loss(x)
@@ -260,7 +269,8 @@ def hand_arm(opened: Any, args: argparse.Namespace):
 
 
 def autoencoders_arm(opened: Any, args: argparse.Namespace):
-    _, trainer = autoencoders_topk(opened.d_in, args, default_lr(args.expansion * opened.d_in))
+    lr = sae_learning_rate(args.expansion * opened.d_in)
+    _, trainer = autoencoders_topk(opened.d_in, args, lr)
 
     def step(x: torch.Tensor) -> None:
         trainer.train_epoch([x])  # its training API, one batch
@@ -355,11 +365,10 @@ def train_aekit(
     }
     if init_norm is not None:
         options["encoder_init_norm"] = init_norm
-    torch.manual_seed(args.seed)  # as train_sae: the same initialisation, the same batches
-    model = build_sae(recipe, opened.d_in, **options)
-    model.initialise(opened.sample)
-    row_norm = float(model.W_enc.detach().norm(dim=1).mean())
-    config = sae_train_config(model.n_latents, **sae_minilm.train_config(args))
+    # as sae_minilm.train_recipe: the same initialisation, the same batches
+    model = sae_minilm.build_for(recipe, opened, options, seed=args.seed)
+    row_norm = float(model.encoder.W_enc.detach().norm(dim=1).mean())
+    config = recipe_train_config(model, **sae_minilm.train_config(args))
     start = time.perf_counter()
     fit = Trainer(model, opened.train, None, config).fit()
     return {
@@ -367,7 +376,7 @@ def train_aekit(
         "steps": fit.steps,
         "train_seconds": time.perf_counter() - start,
         "options": {k: v for k, v in options.items()},
-        "config_encoder_init_norm": model.config.encoder_init_norm,
+        "config_encoder_init_norm": model.config.body.options.encoder_init_norm,
         "initial_encoder_row_norm": row_norm,
     }
 
@@ -400,7 +409,7 @@ def train_hand(opened: Any, args: argparse.Namespace) -> dict:
 
 
 def fvu_runs(opened: Any, args: argparse.Namespace, sides: list[str]) -> list[dict[str, Any]]:
-    lr = default_lr(args.expansion * opened.d_in)
+    lr = sae_learning_rate(args.expansion * opened.d_in)
     runs = []
 
     def record(name: str, library: str, result: dict, **extra: Any) -> None:
@@ -551,7 +560,7 @@ def main() -> None:
         "d_in": opened.d_in,
         "n_latents": args.expansion * opened.d_in,
         "k": args.k,
-        "lr": default_lr(args.expansion * opened.d_in),
+        "lr": sae_learning_rate(args.expansion * opened.d_in),
         "skipped_peers": missing,
         "quick": args.quick,
     }

@@ -138,6 +138,11 @@ class Bottleneck(nn.Module, ABC):
         """The step at which this bottleneck's schedules (temperatures, k) end (0: none)."""
         return 0
 
+    def selects(self, training: bool) -> bool:
+        """Whether the code is k entries selected per example in this mode, so that decoders
+        may take it as (values, indices) (k-sparse bottlenecks)."""
+        return False
+
     @property
     def in_features(self) -> int:
         """Width of the encoder output this bottleneck consumes."""

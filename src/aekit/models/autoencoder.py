@@ -28,8 +28,6 @@ from aekit.models.config import ModelConfig
 from aekit.objectives import ForwardPass, Objective
 from aekit.sparse import SparseCode, SparseLatents
 
-PART_HOOKS = ("after_backward", "after_step")
-
 
 @dataclass
 class AutoencoderOutput:
@@ -246,9 +244,9 @@ class Autoencoder(nn.Module):
         return dense.scatter_add(1, code.indices, code.values)
 
     def _decoder_input(self, b: BottleneckOutput) -> torch.Tensor | SparseLatents:
-        if b.sparse is not None and (b.z is None or getattr(self.decoder, "decodes_sparse", False)):
-            return b.sparse
-        return b.dense_z()
+        """The dense code when the bottleneck built one (plain autograd: `sparse_decode
+        dense`), else its sparse code (the kernels, for decoders that take it)."""
+        return b.sparse if b.z is None else b.z
 
     def forward(
         self,
@@ -285,7 +283,7 @@ class Autoencoder(nn.Module):
             loss=objective.loss,
             terms=objective.terms,
             bottleneck=b,
-            log_px=f.__dict__.get("log_px"),
+            log_px=f.computed_log_px,
             inference_loss=objective.inference_loss,
         )
 
@@ -401,10 +399,9 @@ class Autoencoder(nn.Module):
     def reconstruct(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
         """The inference output for x, shaped like the target. k-sparse codes go through
         their (values, indices) when the decoder takes them (no dense code)."""
-        b = self.bottleneck
         if (
             condition is None
-            and getattr(b, "selects", lambda training: False)(False)
+            and self.bottleneck.selects(training=False)
             and getattr(self.decoder, "decodes_sparse", False)
         ):
             return self.decode(self.encode_sparse(x), source=x)

@@ -43,6 +43,11 @@ class ForwardPass:
         return self.likelihood.log_prob(self.params.reshape(-1, *self.x.shape), self.x)
 
     @property
+    def computed_log_px(self) -> torch.Tensor | None:
+        """`log_px` if the objective read it (sparse coding never does), else None."""
+        return self.__dict__.get("log_px")
+
+    @property
     def nll(self) -> torch.Tensor:
         """-log p(x|z) per example, averaged over the draws, (B,)."""
         return -self.log_px.mean(0)
