@@ -497,20 +497,21 @@ def _real_sae(activation):
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make, shift",
     [
-        lambda: _random_sae(n=12),
-        lambda: _random_sae(n=12, cls=TopKSAE),
-        lambda: _real_sae("topk"),
-        lambda: _real_sae("relu"),
+        (lambda: _random_sae(n=12), 1.0),
+        (lambda: _random_sae(n=12, cls=TopKSAE), 1.0),
+        (lambda: _real_sae("topk"), 0.3),
+        (lambda: _real_sae("relu"), 0.05),
     ],
     ids=["dense", "sparse", "topk", "relu"],
 )
-def test_latent_stats_match_brute_force(tmp_path, make):
+def test_latent_stats_match_brute_force(tmp_path, make, shift):
     store = _store(tmp_path)
     sae = make()
     with torch.no_grad():
-        encoder_bias(sae).sub_(1.0)  # sparser, so some latents fire on fewer rows than top_k
+        # Sparser, so that some latents fire on fewer rows than top_k (and some do fire).
+        encoder_bias(sae).sub_(shift)
     x = store.read("h", 0, len(store))
     z = sae.encode(x).detach()
     stats = collect_latent_stats(sae, store, "h", top_k=4, batch_size=6)
@@ -522,7 +523,7 @@ def test_latent_stats_match_brute_force(tmp_path, make):
     fired = rows >= 0
     assert torch.equal(stats.top_values[fired], values[fired])
     assert bool((stats.top_values[~fired] == -math.inf).all())
-    assert bool((~fired).any())  # the padding case is exercised
+    assert bool((~fired).any()) and bool(fired.any())  # padding and real top rows both
     part = collect_latent_stats(sae, store, "h", latents=[7, 2], top_k=4, max_rows=20)
     values, rows = _brute_top(z[:20], 4)
     assert torch.equal(part.top_rows, rows[[7, 2]])

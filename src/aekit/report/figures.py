@@ -223,8 +223,9 @@ def traversal(
         ax.set_yticks([pitch * (i + 0.5) for i in range(len(rows))], [r[0] for r in rows])
         ax.set_xticks([])
         ax.set_xlabel(
-            "continuous: 2nd to 98th percentile of the codes, others at the median"
-            + ("; categorical: each value in turn" if categorical else "")
+            ("z: " if categorical else "")
+            + "2nd to 98th percentile of the codes, others at the median"
+            + ("\nc: each value in turn" if categorical else "")
         )
     return path
 
