@@ -14,10 +14,8 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from aekit.bench.suite import Expectation, Suite
 from aekit.io import atomic_write_text
+from aekit.report import html as page
 from aekit.report.figures import figure_row
-from aekit.report.html import CSS
-from aekit.report.html import box as _box
-from aekit.report.html import table as _table
 
 LEADERBOARD = "leaderboard"
 
@@ -257,7 +255,7 @@ def write_leaderboard(suite: Suite, rows: list[dict[str, Any]], out: Path) -> di
     title = html.escape(f"aekit bench: {suite.name}")
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
-        f"<style>{CSS}</style></head><body><h1>{title}</h1>",
+        f"<style>{page.CSS}</style></head><body><h1>{title}</h1>",
         f"<p>{html.escape(suite.description)}</p>" if suite.description else "",
         f"<p>{len(ok)} cells finished, {len(failed)} failed; mean ± standard deviation over "
         f"seeds. Suite: {html.escape(suite.source)}.</p>",
@@ -265,16 +263,16 @@ def write_leaderboard(suite: Suite, rows: list[dict[str, Any]], out: Path) -> di
     ]
     for (data, budget), group in _sections(table).items():
         header, body = _grid(group)
-        parts += [f"<h2>{html.escape(data)} ({html.escape(budget)})</h2>", _table(body, header)]
+        parts += [f"<h2>{html.escape(data)} ({html.escape(budget)})</h2>", page.table(body, header)]
     if verdicts:
         parts += [
             "<h2>The papers' claims</h2>",
-            _table([_verdict_cells(v) for v in verdicts], VERDICT_HEADER),
+            page.table([_verdict_cells(v) for v in verdicts], VERDICT_HEADER),
         ]
     if failed:
         parts += [
             "<h2>Failed cells</h2>",
-            *(_box("warning", f"{r['key']}: {r.get('error')}") for r in failed),
+            *(page.box("warning", f"{r['key']}: {r.get('error')}") for r in failed),
         ]
     parts += [
         f'<figure><img src="{p.name}" alt="{html.escape(n)}"></figure>' for n, p in figures.items()

@@ -127,16 +127,17 @@ class Categorical:
         return out
 
 
-@BOTTLENECKS.register("categorical")
-class RelaxedCategorical(Bottleneck):
-    Options = CategoricalOptions
+class CategoricalLatent(Bottleneck):
+    """What the bottlenecks with relaxed categorical variables share: a latent as wide as
+    their options say, a uniform prior to sample, the temperature's schedule."""
+
     analytic_kl = True
 
     def __init__(self, options: CategoricalOptions, dims: Dims) -> None:
         super().__init__(options, dims)
         if dims.latent_dim != options.latent_width():
             raise AekitError(
-                f"latent_dim ({dims.latent_dim}) must be variables x categories "
+                f"latent_dim ({dims.latent_dim}) must be {options.width_note()} "
                 f"({options.latent_width()})"
             )
         self.categorical = Categorical(options)
@@ -147,6 +148,11 @@ class RelaxedCategorical(Bottleneck):
 
     def schedule_end(self) -> int:
         return self.categorical.schedule_end()
+
+
+@BOTTLENECKS.register("categorical")
+class RelaxedCategorical(CategoricalLatent):
+    Options = CategoricalOptions
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return h.view(h.shape[0], self.options.variables, self.options.categories)

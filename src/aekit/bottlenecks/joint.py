@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
-from aekit.bottlenecks.categorical import Categorical, CategoricalOptions, categorical_kl
+from aekit.bottlenecks.base import BOTTLENECKS, BottleneckOutput
+from aekit.bottlenecks.categorical import CategoricalLatent, CategoricalOptions, categorical_kl
 from aekit.bottlenecks.gaussian import gaussian_kl, reparameterise, split_gaussian
 from aekit.components import Dims
 from aekit.errors import AekitError
@@ -50,30 +50,16 @@ class JointOptions(CategoricalOptions):
 
 
 @BOTTLENECKS.register("joint")
-class Joint(Bottleneck):
+class Joint(CategoricalLatent):
     Options = JointOptions
-    analytic_kl = True
 
     def __init__(self, options: JointOptions, dims: Dims) -> None:
         super().__init__(options, dims)
-        if dims.latent_dim != options.latent_width():
-            raise AekitError(
-                f"latent_dim ({dims.latent_dim}) must be {options.width_note()} "
-                f"({options.latent_width()})"
-            )
         self.continuous_dim = options.continuous_dim
-        self.categorical = Categorical(options)
-
-    @property
-    def has_prior(self) -> bool:
-        return True
 
     @property
     def in_features(self) -> int:
         return 2 * self.continuous_dim + self.latent_dim - self.continuous_dim
-
-    def schedule_end(self) -> int:
-        return self.categorical.schedule_end()
 
     def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """mu, logvar (B, D) and the logits (B, N, K)."""

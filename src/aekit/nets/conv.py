@@ -169,15 +169,19 @@ def check_image(kind: str, options: LayerOptions, input_shape: tuple[int, ...]) 
         )
 
 
-@NETS.register("conv")
-class Conv(Body):
-    """Stride-2 convolutions, then dense layers to a flat latent; the mirror back."""
+class ImageBody(Body):
+    """The bodies of stride-2 convolutions: images only, and not below a pixel."""
 
     Options = LayerOptions
 
     @classmethod
     def check(cls, options, input_shape):
         check_image(cls.kind, options, input_shape)
+
+
+@NETS.register("conv")
+class Conv(ImageBody):
+    """Stride-2 convolutions, then dense layers to a flat latent; the mirror back."""
 
     @classmethod
     def build(cls, options, dims, in_features, condition_dim):
@@ -195,15 +199,9 @@ class Conv(Body):
 
 
 @NETS.register("grid")
-class Grid(Body):
+class Grid(ImageBody):
     """Fully convolutional: one latent vector per position of the last feature map (the
     layout quantizers code position by position)."""
-
-    Options = LayerOptions
-
-    @classmethod
-    def check(cls, options, input_shape):
-        check_image(cls.kind, options, input_shape)
 
     @classmethod
     def build(cls, options, dims, in_features, condition_dim):
