@@ -246,6 +246,7 @@ class KSparse(SparseBottleneck):
             l0=(values != 0).sum() / rows,
             dead=dead,
             features=pre,
+            schedule={"k": k} if self.options.k_start else {},
         )
 
     def encode_sparse(self, h: torch.Tensor | Preactivations) -> SparseCode:

@@ -182,6 +182,7 @@ class SparseCoding(Objective):
             terms["l0_penalty"] = o.l0_coefficient * ramp(step, o.l0_warmup_steps) * b.l0
             loss = loss + terms["l0_penalty"]
         terms["loss"] = loss
+        terms.update({name: torch.tensor(float(v)) for name, v in b.schedule.items()})
         return ObjectiveOutput(loss, {name: term.detach() for name, term in terms.items()})
 
     def auxk(self, b, decoder: nn.Module, residual: torch.Tensor) -> torch.Tensor:
