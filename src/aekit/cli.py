@@ -38,6 +38,7 @@ from aekit.train.runs import (
     recipe_train_config,
     train_on_source,
     write_eval,
+    write_member_evals,
 )
 from aekit.train.trainer import resolve_device
 from aekit.version import __version__
@@ -308,11 +309,14 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def run_recipe(config: dict[str, Any]) -> str:
-    """The recipe of a run (a group's members share one)."""
+    """The recipe of a run (of a group's first member: `aekit train --resume` builds its flags)."""
     model = config["model"]
-    if config["kind"] == "group":
-        return model["members"][0]["model"]["recipe"]
-    return model["recipe"]
+    try:
+        return (
+            model["members"][0]["model"]["recipe"] if config["kind"] == "group" else model["recipe"]
+        )
+    except (KeyError, TypeError, IndexError) as e:
+        raise AekitError(f"the run's config.json is incomplete or malformed ({e})") from None
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -498,10 +502,7 @@ def finish_on_activations(
         data = source.activations or source.model
         write_eval(run / ckpt.EVAL, metrics, "held-out rows", data)
         if group:
-            for m in model.members:
-                prefix = f"{m.name}/"
-                own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
-                write_eval(run / "members" / m.name / ckpt.EVAL, own, "held-out rows", data)
+            write_member_evals(run, model, metrics, "held-out rows", data)
         print_metrics(flatten(metrics))
     if not args.no_report:
         from aekit.report import build_report
@@ -695,25 +696,25 @@ def eval_on_activations(args: argparse.Namespace, config: dict[str, Any]) -> int
     the same sites (`--data STORE`), and the effect of splicing it into its network."""
     from aekit.data.activations.models import load_source_model
 
-    image_only = {
+    data_set_only = {
         "--grad-snr": args.grad_snr,
         "--generation": args.generation,
         "--fid-weights": args.fid_weights,
         "--data-dir": args.data_dir,
     }
-    for flag, given in image_only.items():
+    for flag, given in data_set_only.items():
         if given:
             raise AekitError(f"{flag} applies to models trained on a data set, not on activations")
-    device = resolve_device(args.device)
-    model = ckpt.load(args.run, device=device)
     source = ActivationSource.from_dict(config["activations"])
     if args.data is not None:
         source = dataclasses.replace(source, activations=args.data, model=None, texts=None)
-    opened = open_source(source, seed=args.seed, group=config["kind"] == "group")
     split = args.split or ("all" if args.data is not None else args.default_split)
+    if split == "all" and source.activations is None:
+        raise AekitError("--split all needs a store; a model stream has only its two parts")
+    device = resolve_device(args.device)
+    model = ckpt.load(args.run, device=device)
+    opened = open_source(source, seed=args.seed, group=config["kind"] == "group")
     if split == "all":
-        if opened.store is None:
-            raise AekitError("--split all needs a store; a model stream has only its two parts")
         rows = opened.store.stream(tuple(opened.sites), buffer_rows=source.buffer_rows)
     else:
         rows = opened.train if split == "train" else opened.val
@@ -737,6 +738,8 @@ def eval_on_activations(args: argparse.Namespace, config: dict[str, Any]) -> int
         else Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(data).name}-{split}.json")
     )
     write_eval(out, metrics, ACTIVATION_SPLITS[split], data)
+    if own and args.out is None and config["kind"] == "group":
+        write_member_evals(Path(args.run), model, metrics, ACTIVATION_SPLITS[split], data)
     print_metrics(flatten(metrics))
     print(f"saved: {out}")
     return 0

@@ -219,13 +219,6 @@ class SparseLatents:
         """(values, indices) as (B, k), for patterns with exactly k entries per row."""
         return SparseCode(self.values.view(-1, k), self.pattern.col.view(-1, k))
 
-    @classmethod
-    def from_code(cls, code: SparseCode, n_cols: int) -> SparseLatents:
-        """From padded (B, k) values and indices (each row's indices distinct)."""
-        order = code.indices.argsort(dim=1)
-        values = code.values.gather(1, order).reshape(-1)
-        return cls(values, Pattern.from_topk(code.indices, n_cols))
-
 
 class Preactivations:
     """An encoder output h = x W^T + b (B, n), computed when asked: `dense()` with its

@@ -9,8 +9,8 @@ separate flags that objectives ask for:
 - `has_kl`: a KL(q(z|x) || p(z)) per example, analytic or from densities (the ELBO);
 - `has_density`: log q(z|x) and log p(z) of every draw (importance-weighted bounds, the
   likelihood estimate), which implies a KL;
-- `sparse`: the code is sparse, and the output may carry it as (values, pattern) instead of a
-  dense (B, latent_dim) tensor (`BottleneckOutput.sparse`).
+- `is_sparse`: the code is sparse, and the output may carry it as (values, pattern) instead
+  of a dense (B, latent_dim) tensor (`BottleneckOutput.sparse`).
 
 Stochastic bottlenecks draw `samples` latents per example (importance-weighted bounds need
 several).
@@ -77,6 +77,10 @@ class BottleneckOutput:
         assert self.sparse is not None
         return self.sparse.dense()
 
+    def dense_code(self) -> torch.Tensor:
+        """The code, built from the sparse code when only that was given."""
+        return self.code if self.code is not None else self.dense_z()
+
     def kl_per_example(self) -> torch.Tensor | None:
         """KL(q(z|x) || p(z)) per example, (B,): analytic where possible, else the Monte-Carlo
         estimate mean_s [log q(z_s|x) - log p(z_s)]."""
@@ -112,7 +116,7 @@ class Bottleneck(nn.Module, ABC):
     analytic_kl = False
     """Whether the KL to the prior is given in closed form without densities of the draws
     (a relaxed categorical's KL: its relaxed draws have no usable density)."""
-    sparse = False
+    is_sparse = False
     """Whether the code is sparse (the sparse-coding objective and metrics apply)."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:

@@ -71,8 +71,9 @@ class KSparseOptions(SparseOptions):
     k_steps: int = 0
     """Steps of the k schedule (the paper: the first half of training)."""
     sparse_decode: str = "auto"
-    """auto | sparse | dense: output (values, pattern) and run the sparse kernels, or a dense
-    (batch, latents) code with plain autograd. auto: sparse when 8 k <= latents."""
+    """auto | sparse | dense: output (values, pattern) (with the dictionary body the sparse
+    kernels then run), or a dense (batch, latents) code with plain autograd. auto: sparse
+    when 8 k <= latents."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +83,8 @@ class KSparseOptions(SparseOptions):
             raise AekitError("k_start and k_steps must be non-negative")
         if self.k_start and self.k_start < self.k:
             raise AekitError(f"k_start ({self.k_start}) must be at least k ({self.k})")
+        if bool(self.k_start) != bool(self.k_steps):
+            raise AekitError("the k schedule needs both k_start and k_steps (or neither)")
         if self.sparse_decode not in SPARSE_DECODES:
             raise AekitError(
                 f"unknown sparse_decode {self.sparse_decode!r}; choose from {SPARSE_DECODES}"
@@ -92,7 +95,7 @@ class SparseBottleneck(Bottleneck):
     """Latents from pre-activations; subclasses define `dense` (the inference code)."""
 
     Options = SparseOptions
-    sparse = True
+    is_sparse = True
     differentiable_l0 = False
     """Whether `l0` carries a pseudo-gradient (the L0 penalty needs one)."""
 
@@ -178,7 +181,8 @@ class KSparse(SparseBottleneck):
 
     @property
     def uses_kernels(self) -> bool:
-        """Whether training outputs the sparse code only (the sparse kernels run)."""
+        """Whether training outputs the sparse code only (with the dictionary body: the
+        sparse kernels run)."""
         mode, k = self.options.sparse_decode, self.options.k
         return mode == "sparse" or (mode == "auto" and k * SPARSE_RATIO <= self.latent_dim)
 

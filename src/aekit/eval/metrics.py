@@ -50,7 +50,7 @@ def evaluate(
     and the summed loss."""
     if isinstance(model, ModelGroup):
         return evaluate_group(model, data, batch_size=batch_size, seed=seed, detailed=detailed)
-    if model.bottleneck.sparse:
+    if model.bottleneck.is_sparse:
         return evaluate_sparse(model, data, batch_size=batch_size, detailed=detailed)
     was_training = model.training
     model.eval()

@@ -26,7 +26,7 @@ from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
 from aekit.models.config import ModelConfig
 from aekit.objectives import ForwardPass, Objective
-from aekit.sparse import SparseCode, SparseLatents
+from aekit.sparse import Preactivations, SparseCode, SparseLatents
 
 
 @dataclass
@@ -85,7 +85,14 @@ class Autoencoder(nn.Module):
         """A density fitted on training codes (`aekit.latent_density`), to sample models that
         learn no prior."""
         bottleneck.attach(encoder)
-        objective.attach(bottleneck, decoder)
+        objective.attach(bottleneck, decoder, likelihood)
+        if config.output_shape is not None and not objective.paired_targets:
+            raise AekitError(
+                f"a paired target (--target-site, output_shape=) needs an objective that "
+                f"predicts one (sparse-coding: transcoders); {config.objective.kind!r} "
+                "reconstructs the input"
+            )
+        self._support_checked = False
 
     @property
     def parts(self) -> tuple[nn.Module, ...]:
@@ -160,6 +167,8 @@ class Autoencoder(nn.Module):
             )
         if not x.is_floating_point():
             raise AekitError(f"input has dtype {x.dtype}; expected floating-point values")
+        if x.shape[0] == 0:
+            raise AekitError("input is an empty batch")
         # One reduction in the common case; the element-wise test only when the sum is not
         # finite (NaN or inf inside, or an overflowing sum of huge values).
         if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
@@ -216,8 +225,12 @@ class Autoencoder(nn.Module):
         return c
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None) -> Any:
-        """The encoder's output: a tensor, or the dictionary's lazy pre-activations."""
-        return self.encoder(x) if c is None else self.encoder(x, c)
+        """The encoder's output: a tensor, or the dictionary's lazy pre-activations (which
+        only sparse bottlenecks read lazily; the others get the dense product)."""
+        h = self.encoder(x) if c is None else self.encoder(x, c)
+        if isinstance(h, Preactivations) and not self.bottleneck.is_sparse:
+            return h.dense()
+        return h
 
     def decoder_params(
         self,
@@ -245,8 +258,15 @@ class Autoencoder(nn.Module):
 
     def _decoder_input(self, b: BottleneckOutput) -> torch.Tensor | SparseLatents:
         """The dense code when the bottleneck built one (plain autograd: `sparse_decode
-        dense`), else its sparse code (the kernels, for decoders that take it)."""
-        return b.sparse if b.z is None else b.z
+        dense`), else its sparse code for decoders that take it (the kernels); for the others
+        the dense code is built once, here, and kept in `b` for the objective."""
+        if b.z is not None:
+            return b.z
+        if getattr(self.decoder, "decodes_sparse", False):
+            return b.sparse
+        b.z = b.dense_z()
+        b.code = b.z if b.samples == 1 else b.code
+        return b.z
 
     def forward(
         self,
@@ -266,6 +286,9 @@ class Autoencoder(nn.Module):
             )
         if self.training and not self.is_initialised():
             self.initialise(x, target)
+        if self.training and not self._support_checked:  # streamed data is checked here
+            self.likelihood.check_data(x if target is None else target, "training batch")
+            self._support_checked = True
         c = self.condition_vector(condition, x.shape[0])
         corrupt = self.training if corrupt is None else corrupt
         samples = self.objective.samples
@@ -410,8 +433,8 @@ class Autoencoder(nn.Module):
     @property
     def sparse_bottleneck(self) -> Bottleneck:
         """The bottleneck, when it is sparse (else a clear error)."""
-        if not self.bottleneck.sparse:
-            kinds = [k for k in BOTTLENECKS.names() if BOTTLENECKS[k].sparse]
+        if not self.bottleneck.is_sparse:
+            kinds = [k for k in BOTTLENECKS.names() if BOTTLENECKS[k].is_sparse]
             raise AekitError(
                 f"the {self.config.bottleneck.kind!r} bottleneck is not sparse: sparse codes "
                 f"exist only for {', '.join(kinds)}"

@@ -39,6 +39,11 @@ class GroupConfig:
     members: list[dict[str, Any]] = field(default_factory=list)
     """Each member's name, site, target site and model config."""
 
+    @property
+    def recipe(self) -> str:
+        """The members' recipes ("sae-topk", or "sae-topk+sae-relu" for a mixed group)."""
+        return "+".join(dict.fromkeys(m["model"]["recipe"] for m in self.members))
+
     def to_dict(self) -> dict[str, Any]:
         return {"members": self.members}
 
@@ -107,9 +112,6 @@ class ModelGroup(nn.Module):
     def schedule_end(self) -> int:
         return max(model.schedule_end() for model in self.models.values())
 
-    def is_initialised(self) -> bool:
-        return all(model.is_initialised() for model in self.models.values())
-
     def step_forward(self, batch: Batch, step: int) -> GroupOutput:
         outs = {
             m.name: self.models[m.name].step_forward(pick(batch, m.site, m.target_site), step)
@@ -121,9 +123,10 @@ class ModelGroup(nn.Module):
         return GroupOutput(loss, terms, outs)
 
     def backward(self, out: GroupOutput) -> None:
-        out.loss.backward()
-        for model in self.models.values():
-            model.after_backward()
+        """Each member's own backward: the members share no parameters, so this is the
+        gradient of the summed loss, with each member's projections and two-pass objectives."""
+        for name, member_out in out.members.items():
+            self.models[name].backward(member_out)
 
     def after_step(self) -> None:
         for model in self.models.values():

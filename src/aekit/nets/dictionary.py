@@ -60,8 +60,8 @@ class DictionaryOptions:
     """Initialise the encoder as the decoder's transpose (Gao et al.; Anthropic 2024)."""
     encoder_init_norm: float | None = None
     """Norm of the initial encoder rows (0: the decoder rows' norm, an exact transpose).
-    None: set when the model is configured, 1/sqrt(3) for a k-sparse bottleneck with a
-    unit-norm decoder (see KSPARSE_ENCODER_INIT_NORM), else 0."""
+    None: set when the model is configured, 1/sqrt(3) (nn.Linear's default row norm) for a
+    k-sparse bottleneck with a unit-norm decoder, else 0."""
     normalize: bool = True
     """Scale inputs and targets to unit mean squared norm, with constants fitted at
     initialisation and folded into the saved weights."""

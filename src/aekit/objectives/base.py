@@ -86,12 +86,14 @@ class Objective(ABC):
     """Whether the bottleneck must report a KL to its prior (analytic, or from densities)."""
     needs_prior = False
     """Whether the bottleneck must have a prior to sample from (WAE, SWAE)."""
+    paired_targets = False
+    """Whether it can train a model to predict a paired target instead of its input."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         self.options = options
         self.dims = dims
 
-    def attach(self, bottleneck: Bottleneck, decoder: nn.Module) -> None:
+    def attach(self, bottleneck: Bottleneck, decoder: nn.Module, likelihood: Any = None) -> None:
         """Called once by the model: refuse, with a one-line error, the parts this objective
         cannot train; keep what it needs of them."""
         kind = f"objective {self.kind!r}"  # type: ignore[attr-defined]
@@ -107,7 +109,7 @@ class Objective(ABC):
                 f"analytic KL to its prior (gaussian, hierarchical, categorical, joint); {b!r} "
                 "has none"
             )
-        if self.needs_prior and not bottleneck.has_prior:
+        if self.needs_prior and getattr(bottleneck, "prior", None) is None:
             raise AekitError(
                 f"{kind} matches the codes to a prior: pass --prior "
                 "(normal, uniform, ring, mixture, ...)"

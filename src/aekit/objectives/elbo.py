@@ -128,8 +128,8 @@ class JointCapacity(Objective):
     Options = JointCapacityOptions
     needs_kl = True
 
-    def attach(self, bottleneck, decoder) -> None:
-        super().attach(bottleneck, decoder)
+    def attach(self, bottleneck, decoder, likelihood=None) -> None:
+        super().attach(bottleneck, decoder, likelihood)
         variables = getattr(bottleneck.options, "variables", None)
         categories = getattr(bottleneck.options, "categories", None)
         if variables is None or not hasattr(bottleneck.options, "continuous_dim"):

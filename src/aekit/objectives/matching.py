@@ -76,8 +76,9 @@ class MatchingObjective(Objective):
 
     def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
         b = f.bottleneck
-        prior_draws = b.prior.sample(b.code.shape[0]).to(b.code)
-        divergence = self.divergence(b.code, prior_draws, b.prior)
+        code = b.dense_code()
+        prior_draws = b.prior.sample(code.shape[0]).to(code)
+        divergence = self.divergence(code, prior_draws, b.prior)
         loss = f.nll.mean() + self.weight() * divergence + auxiliary(b)
         return ObjectiveOutput(loss, self.report(f, loss, **{self.term: divergence}))
 

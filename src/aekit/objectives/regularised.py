@@ -41,6 +41,11 @@ def decoder_gradient_penalty(f: ForwardPass) -> torch.Tensor | None:
     """Mean over the batch of |J^T v|^2, an unbiased estimate of |dD(z)/dz|_F^2; None under
     no_grad (evaluation), where the graph it needs is not built."""
     z = f.bottleneck.z
+    if z is None:
+        raise AekitError(
+            "the decoder gradient penalty needs the dense code the decoder saw: use "
+            "--sparse-decode dense (or --regulariser l2)"
+        )
     if not (torch.is_grad_enabled() and z.requires_grad):
         return None
     v = torch.randn_like(f.params)
@@ -54,7 +59,7 @@ class RAE(Objective):
 
     def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
         o = self.options
-        z_penalty = 0.5 * f.bottleneck.code.pow(2).sum(1).mean()
+        z_penalty = 0.5 * f.bottleneck.dense_code().pow(2).sum(1).mean()
         decoder_penalty = None
         if o.regulariser == "l2":
             decoder_penalty = sum(p.pow(2).sum() for p in f.decoder.parameters())

@@ -66,8 +66,8 @@ class SparseCodingOptions:
     """AuxK loss weight alpha (Gao et al.: 1/32); 0 turns AuxK off. k-sparse bottlenecks only."""
     matryoshka: tuple[int, ...] = ()
     """Nested prefix sizes m_1 < ... < latents: the loss averages the reconstruction term of
-    each prefix of the dictionary; the full dictionary is always the last prefix (`auto`:
-    64, 256, 1024, ... below the latent count)."""
+    each prefix of the dictionary; the full dictionary is always the last prefix (the
+    sae-matryoshka recipe: 64, 256, 1024, ... below the latent count)."""
 
     def __post_init__(self) -> None:
         if self.reconstruction not in RECONSTRUCTIONS:
@@ -102,16 +102,26 @@ class SparseCodingOptions:
 @OBJECTIVES.register("sparse-coding")
 class SparseCoding(Objective):
     Options = SparseCodingOptions
+    paired_targets = True
 
     def __init__(self, options: SparseCodingOptions, dims: Dims) -> None:
         super().__init__(options.resolved(dims), dims)
         self.prefixes = (*self.options.matryoshka, dims.latent_dim)
         self._starts: dict[torch.device, torch.Tensor] = {}
 
-    def attach(self, bottleneck, decoder: nn.Module) -> None:
-        super().attach(bottleneck, decoder)
+    def attach(self, bottleneck, decoder: nn.Module, likelihood=None) -> None:
+        super().attach(bottleneck, decoder, likelihood)
         o = self.options
-        if not getattr(bottleneck, "sparse", False):
+        if likelihood is not None and not (
+            getattr(likelihood, "options", None) is not None
+            and getattr(likelihood.options, "variance", None) == "fixed"
+        ):
+            raise AekitError(
+                "objective 'sparse-coding' measures the error of the decoder's output itself, "
+                "which a fitted scale or a Bernoulli mean would change: use --likelihood "
+                "gaussian --variance fixed"
+            )
+        if not bottleneck.is_sparse:
             raise AekitError(
                 f"objective 'sparse-coding' needs a sparse bottleneck (relu, topk, batchtopk, "
                 f"jumprelu, abstopk); {bottleneck.kind!r} is not one"
@@ -153,7 +163,7 @@ class SparseCoding(Objective):
         t = f.x.flatten(1).to(f.params.dtype) * scale
         batch = t.shape[0]
         if o.matryoshka:
-            code = b.sparse if b.sparse is not None else b.z
+            code = b.sparse if b.z is None else b.z  # dense when the bottleneck built it
             partial = decoder.prefix_directions(code, self.starts(t.device)).cumsum(1)
             t_hats = decoder.add_biases(partial, f.source)
         else:
@@ -192,7 +202,8 @@ class SparseCoding(Objective):
             return residual.new_zeros(())
         aux_k = self.options.aux_k
         k = min(aux_k, n_dead)
-        e_hat = decoder.directions(self.bottleneck.masked_code(b.features, b.dead, k))
+        aux = self.bottleneck.masked_code(b.features, b.dead, k)
+        e_hat = decoder.directions(aux if b.z is None else aux.dense())  # dense: plain autograd
         variance = (residual - residual.mean(0)).pow(2).sum()
         variance = variance.clamp_min(torch.finfo(residual.dtype).tiny)
         return (k / aux_k) * (residual - e_hat).pow(2).sum() / variance

@@ -218,15 +218,15 @@ def traversal(
     grid = image_grid(torch.cat(padded), nrow=width)
     pitch = (grid.shape[0] - 1) / len(rows)
     categorical = any(label.startswith("c") for label, _ in rows)
+    continuous = any(label.startswith("z") for label, _ in rows)
     with figure_row(path, size=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_yticks([pitch * (i + 0.5) for i in range(len(rows))], [r[0] for r in rows])
         ax.set_xticks([])
-        ax.set_xlabel(
-            ("z: " if categorical else "")
-            + "2nd to 98th percentile of the codes, others at the median"
-            + ("\nc: each value in turn" if categorical else "")
-        )
+        lines = ["2nd to 98th percentile of the codes, others at the median"] if continuous else []
+        if categorical:
+            lines = [f"z: {line}" for line in lines] + ["c: each value in turn"]
+        ax.set_xlabel("\n".join(lines))
     return path
 
 

@@ -67,12 +67,15 @@ def feature_browser(
     from aekit.data.activations.models import SourceModel
     from aekit.report.features import build_feature_browser
 
+    if model is not None and not model.bottleneck.is_sparse:
+        return None  # top contexts per latent are for sparse codes
     if model is None or opened is None or opened.store is None:
         if (run / BROWSER / "index.html").is_file():
             return run / BROWSER / "index.html"
         notes.append("No feature browser: it is built from the activation store after training.")
         return None
     known = isinstance(source_model, SourceModel)
+    linear = hasattr(model.decoder, "output_directions")  # the logit lens reads W_dec
     if not known:
         notes.append(f"Tokens are shown as ids: {source_model or 'no network was loaded'}")
     return build_feature_browser(
@@ -81,6 +84,6 @@ def feature_browser(
         opened.store,
         opened.sites[0],
         tokenizer=source_model.tokenizer if known else None,
-        unembedding=source_model.unembedding() if known and not model.paired else None,
+        unembedding=source_model.unembedding() if known and linear and not model.paired else None,
         max_rows=BROWSER_ROWS,
     )

@@ -163,11 +163,19 @@ def read_config(run: str | Path) -> dict[str, Any]:
         config = upgrade_config(config)
     except (KeyError, TypeError) as e:
         raise AekitError(f"{run / CONFIG} is incomplete or malformed ({e})") from None
-    if config["kind"] not in RUN_KINDS:
+    kind, model = config["kind"], config["model"]
+    if not isinstance(kind, str) or kind not in RUN_KINDS:
         raise AekitError(
-            f"{run / CONFIG}: unknown run kind {config['kind']!r}; choose from "
+            f"{run / CONFIG}: unknown run kind {kind!r}; choose from "
             f"{', '.join(RUN_KINDS)} (a newer aekit wrote it?)"
         )
+    fits = isinstance(model, dict) and (
+        isinstance(model.get("members"), list) and model["members"]
+        if kind == "group"
+        else isinstance(model.get("recipe"), str)
+    )
+    if not fits:
+        raise AekitError(f"{run / CONFIG}: the model section does not describe a {kind} run")
     return config
 
 

@@ -1,7 +1,8 @@
 """Run directories written by aekit 0.1 (before sparse autoencoders joined the core), upgraded
 on reading: their config.json becomes the current layout, their weights' names the current
-ones, and their optimiser state follows the parameters to their new order. Nothing is written
-back: an old run loads, evaluates and resumes as it is.
+ones, and their optimiser state follows the parameters to their new order. Reading writes
+nothing back: an old run loads and evaluates as it is; resuming one continues it as a run of
+this version (config.json and the checkpoints it writes are in the current layout).
 
 0.1 wrote three kinds of SAE config (image runs differ only in `net`, which ModelConfig reads):
 

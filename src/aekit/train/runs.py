@@ -37,6 +37,16 @@ def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> 
     atomic_write_json(path, {"split": split, "data": source, "metrics": metrics})
 
 
+def write_member_evals(
+    run: Path, group: ModelGroup, metrics: dict[str, Any], split: str, source: str
+) -> None:
+    """Each member's share of a group's evaluation (NAME/METRIC) as RUN/members/NAME/eval.json."""
+    for m in group.members:
+        prefix = f"{m.name}/"
+        own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        write_eval(run / MEMBERS / m.name / ckpt.EVAL, own, split, source)
+
+
 def member_name(site: str) -> str:
     """A group member's name for a site (module names hold dots, which names may not)."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", site)
