@@ -53,12 +53,12 @@ def assert_scalars(got: dict, expected: dict, rtol: float = RTOL) -> None:
 
 
 def current_name(name: str) -> str:
-    """A 0.1 weight name (SAE 'W_dec', group 'members.a.W_dec') as the current one."""
-    prefix, _, leaf = name.rpartition(".")
+    """A 0.1 weight name (SAE 'W_dec', group 'members.a.W_dec') as the current one; image
+    models' names did not change."""
     if name.startswith("members."):
         _, member, leaf = name.split(".", 2)
-        return f"models.{member}.{SAE_RENAMES.get(leaf, leaf)}"
-    return SAE_RENAMES.get(name, name) if not prefix else name
+        return f"models.{member}.{SAE_RENAMES[leaf]}"
+    return SAE_RENAMES.get(name, name)
 
 
 def assert_fingerprint(path: Path, expected: dict) -> None:

@@ -379,8 +379,7 @@ def train_on_data(
     if recipe.conditional:
         options["condition_classes"] = splits.label_classes()
     torch.manual_seed(train_values.get("seed", TrainConfig.seed))
-    latent_dim = options.pop("latent_dim", None)
-    model = build(recipe.name, splits.train.shape, latent_dim, **options)
+    model = build(recipe.name, splits.train.shape, **options)
     config = train_config(recipe, model, train_values)
     log.info(
         "training %s on %s: %d train / %d val examples of shape %s -> %s",
@@ -674,12 +673,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics["gradient_snr"] = run_gradient_snr(model, data, args)
     if args.generation or args.fid_weights:
         metrics.update(run_generation_metrics(model, data, config, args))
-    own = args.data is None and split == "test"
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(source).stem}-{split}.json")
-    )
+    out = eval_path(args, own=args.data is None and split == "test", data=source, split=split)
     write_eval(out, metrics, split=split, source=source)
     print_metrics(metrics)
     print(f"saved: {out}")
@@ -732,17 +726,21 @@ def eval_on_activations(args: argparse.Namespace, config: dict[str, Any]) -> int
     )
     data = source.activations or source.model
     own = args.data is None and held_out
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(data).name}-{split}.json")
-    )
+    out = eval_path(args, own=own, data=data, split=split)
     write_eval(out, metrics, ACTIVATION_SPLITS[split], data)
     if own and args.out is None and config["kind"] == "group":
         write_member_evals(Path(args.run), model, metrics, ACTIVATION_SPLITS[split], data)
     print_metrics(flatten(metrics))
     print(f"saved: {out}")
     return 0
+
+
+def eval_path(args: argparse.Namespace, *, own: bool, data: str, split: str) -> Path:
+    """--out, else RUN/eval.json for the run's own test (held-out) rows, else
+    RUN/eval-DATA-SPLIT.json, so that evaluating other data keeps the run's own figures."""
+    if args.out:
+        return Path(args.out)
+    return Path(args.run) / (ckpt.EVAL if own else f"eval-{Path(data).stem}-{split}.json")
 
 
 def comma_integers(text: str, flag: str) -> list[int]:

@@ -202,6 +202,11 @@ class SparseCode(NamedTuple):
     indices: torch.Tensor
     """(B, k) int64 latent indices."""
 
+    def dense(self, n_cols: int) -> torch.Tensor:
+        """The (B, n_cols) code (padding entries add 0)."""
+        out = self.values.new_zeros(self.values.shape[0], n_cols)
+        return out.scatter_add(1, self.indices, self.values)
+
 
 @dataclass
 class SparseLatents:

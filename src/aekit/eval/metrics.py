@@ -160,12 +160,10 @@ def evaluate_sparse(
         metrics = sae_metrics(model, data, batch_size=batch_size)
     finally:
         model.train(was_training)
-    record.update(metrics if detailed else {k: v for k, v in metrics.items() if _scalar(v)})
+    if not detailed:  # per-latent densities and the histogram only in eval.json
+        metrics = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+    record.update(metrics)
     return record
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @torch.no_grad()

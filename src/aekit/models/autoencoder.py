@@ -158,8 +158,11 @@ class Autoencoder(nn.Module):
         elif x is not None:
             self.likelihood.check_data(x, name)
 
-    def check_input(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
-        """Shape, dtype and finiteness of a batch (and of a paired target, if given)."""
+    def check_input(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, *, values: bool = True
+    ) -> None:
+        """Shape and dtype of a batch (and of a paired target, if given), and with `values`
+        their finiteness, which waits for the device to compute it."""
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.input_shape:
             shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AekitError(
@@ -171,7 +174,7 @@ class Autoencoder(nn.Module):
             raise AekitError("input is an empty batch")
         # One reduction in the common case; the element-wise test only when the sum is not
         # finite (NaN or inf inside, or an overflowing sum of huge values).
-        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        if values and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise AekitError("input contains NaN or infinite values")
         if target is None:
             return
@@ -182,8 +185,10 @@ class Autoencoder(nn.Module):
                 f"target has shape {tuple(target.shape)}; expected "
                 f"{(x.shape[0], *self.target_shape)}"
             )
-        if not target.is_floating_point() or not bool(torch.isfinite(target).all()):
-            raise AekitError("the target must be finite floating-point values")
+        if not target.is_floating_point():
+            raise AekitError(f"the target has dtype {target.dtype}; expected floating-point values")
+        if values and not bool(torch.isfinite(target).all()):
+            raise AekitError("the target contains NaN or infinite values")
 
     def condition_vector(self, condition: Condition, n: int) -> torch.Tensor | None:
         """The conditioning vectors (n, width) of labels or vectors; None if unconditional."""
@@ -244,17 +249,13 @@ class Autoencoder(nn.Module):
         if isinstance(z, SparseLatents | SparseCode) and not getattr(
             self.decoder, "decodes_sparse", False
         ):
-            z = z.dense() if isinstance(z, SparseLatents) else self._dense_code(z)
+            z = z.dense() if isinstance(z, SparseLatents) else z.dense(self.latent_dim)
         if c is not None:
             c = c.repeat(z.shape[0] // c.shape[0], 1)  # one copy per draw, sample-major
             z = torch.cat([z, c], 1)
         if getattr(self.decoder, "reads_source", False):
             return self.decoder(z, source)
         return self.decoder(z)
-
-    def _dense_code(self, code: SparseCode) -> torch.Tensor:
-        dense = code.values.new_zeros(code.values.shape[0], self.latent_dim)
-        return dense.scatter_add(1, code.indices, code.values)
 
     def _decoder_input(self, b: BottleneckOutput) -> torch.Tensor | SparseLatents:
         """The dense code when the bottleneck built one (plain autograd: `sparse_decode
@@ -275,11 +276,15 @@ class Autoencoder(nn.Module):
         corrupt: bool | None = None,
         condition: Condition = None,
         target: torch.Tensor | None = None,
+        *,
+        check_values: bool = True,
     ) -> AutoencoderOutput:
         """The training objective on a batch (against `target` for paired models). `step`
         drives schedules (None: their end); the input is corrupted in training mode unless
-        `corrupt` says otherwise."""
-        self.check_input(x, target)
+        `corrupt` says otherwise. `check_values=False` skips the finiteness check, a device
+        sync per batch: the Trainer's batches come from sources validated when they were
+        made, and its loss check stops a run that still meets a non-finite value."""
+        self.check_input(x, target, values=check_values)
         if self.paired and target is None:
             raise AekitError(
                 "this model predicts a paired target (a transcoder): pass target= with the input"
@@ -314,8 +319,9 @@ class Autoencoder(nn.Module):
         """One training batch, for the shared trainer: labels condition a conditional model,
         a paired model's target is `batch.y`."""
         if self.paired:
-            return self(batch.x, step=step, target=batch.y)
-        return self(batch.x, step=step, condition=batch.y if self.conditional else None)
+            return self(batch.x, step=step, target=batch.y, check_values=False)
+        condition = batch.y if self.conditional else None
+        return self(batch.x, step=step, condition=condition, check_values=False)
 
     def is_initialised(self) -> bool:
         """Whether the data-dependent initialisation (if the parts have one) has run."""

@@ -33,6 +33,11 @@ class GroupMember:
     site: str
     target_site: str | None = None
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """(site,) or (site, target site): what the member reads, in order."""
+        return (self.site,) if self.target_site is None else (self.site, self.target_site)
+
 
 @dataclass
 class GroupConfig:
@@ -96,12 +101,7 @@ class ModelGroup(nn.Module):
     @property
     def sites(self) -> list[str]:
         """Every site the members read, in order."""
-        out: list[str] = []
-        for m in self.members:
-            for site in (m.site, m.target_site):
-                if site is not None and site not in out:
-                    out.append(site)
-        return out
+        return list(dict.fromkeys(site for m in self.members for site in m.sites))
 
     def check_data(self, data: Any) -> None:
         given = set(getattr(data, "sites", ()))

@@ -139,14 +139,18 @@ class Objective(ABC):
             terms["elbo"] = -(nll + kl).mean()
         for name, value in f.bottleneck.losses.items():
             terms[name] = value.detach().mean()
-        for name, value in f.bottleneck.schedule.items():
-            terms[name] = torch.tensor(float(value))
+        terms.update(schedule_terms(f.bottleneck))
         for name, value in extra.items():
             terms[name] = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
         return terms
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+def schedule_terms(b: BottleneckOutput) -> dict[str, torch.Tensor]:
+    """The bottleneck's schedule values at this step (a temperature, k), as terms."""
+    return {name: torch.tensor(float(value)) for name, value in b.schedule.items()}
 
 
 def auxiliary(b: BottleneckOutput) -> torch.Tensor | float:

@@ -31,7 +31,14 @@ from torch import nn
 
 from aekit.components import Dims
 from aekit.errors import AekitError
-from aekit.objectives.base import OBJECTIVES, ForwardPass, Objective, ObjectiveOutput, ramp
+from aekit.objectives.base import (
+    OBJECTIVES,
+    ForwardPass,
+    Objective,
+    ObjectiveOutput,
+    ramp,
+    schedule_terms,
+)
 
 RECONSTRUCTIONS = ("fvu", "mse")
 
@@ -192,7 +199,7 @@ class SparseCoding(Objective):
             terms["l0_penalty"] = o.l0_coefficient * ramp(step, o.l0_warmup_steps) * b.l0
             loss = loss + terms["l0_penalty"]
         terms["loss"] = loss
-        terms.update({name: torch.tensor(float(v)) for name, v in b.schedule.items()})
+        terms.update(schedule_terms(b))
         return ObjectiveOutput(loss, {name: term.detach() for name, term in terms.items()})
 
     def auxk(self, b, decoder: nn.Module, residual: torch.Tensor) -> torch.Tensor:

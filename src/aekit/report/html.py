@@ -498,13 +498,9 @@ def build_report(
     metrics = (evaluation or {}).get("metrics", {})
     (run_dir / FIGURES).mkdir(exist_ok=True)
     activations = config.get("activations")
-    browser = None
     if activations is not None:
         picked = None
-        made = {}
-        if history:
-            figures.curves(history, run_dir / FIGURES / "curves.png")
-            made["curves"] = CAPTIONS["curves"]
+        made = _make_figures(model, history, evaluation, None, run_dir / FIGURES, notes)
         from aekit.report.sparse import BROWSER, feature_browser
 
         browser = feature_browser(run_dir, model, opened, source_model, notes)
@@ -580,8 +576,7 @@ def _group_report(
         if (member_dir / "config.json").is_file():
             view = None
             if opened is not None:
-                sites = (m.site,) if m.target_site is None else (m.site, m.target_site)
-                view = dataclasses.replace(opened, sites=sites)
+                view = dataclasses.replace(opened, sites=m.sites)
             report = build_report(member_dir, group[m.name], opened=view, source_model=source_model)
             links.append(f'<a href="{MEMBERS}/{m.name}/{report.name}">{html.escape(m.name)}</a>')
         else:

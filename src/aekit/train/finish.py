@@ -84,7 +84,7 @@ def evaluate_on_activations(
         return metrics
     if isinstance(model, ModelGroup):
         for m in model.members:
-            site = m.site if m.target_site is None else (m.site, m.target_site)
+            site = m.sites if m.target_site else m.site  # a transcoder's pair
             metrics[f"{m.name}/splice"] = splice_metrics(
                 model[m.name], opened, source_model, site=site, seed=seed
             )
