@@ -23,6 +23,7 @@ from aekit.cli_flags import add_flags, section_values
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.data.activations.source import ActivationSource, open_source
+from aekit.detect_cli import add_detect_parser, cmd_detect
 from aekit.errors import AekitError
 from aekit.eval import encode_all
 from aekit.io import atomic_path
@@ -219,7 +220,11 @@ def main_parser() -> argparse.ArgumentParser:
         help="run a benchmark suite (smoke, quick, full or a TOML/YAML file): results.jsonl, "
         "a leaderboard and figures; rerun to resume",
     )
-    p.add_argument("suite", help="smoke (CI, <1 min), quick (CPU, minutes), full (GPU), or a file")
+    p.add_argument(
+        "suite",
+        help="smoke (CI, <1 min), quick (CPU, minutes), full (GPU), a file, or odds (anomaly "
+        "detection on the 17 ODDS sets beside PyOD, under PyOD's protocol)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     p.add_argument(
         "--out", help="results directory (default: runs/bench-SUITE); resumed if it exists"
@@ -227,6 +232,10 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("--seeds", metavar="S,S,...", help="override the suite's seeds, e.g. 0 or 0,1")
     p.add_argument("--list", action="store_true", help="list the cells and exit")
+    p.add_argument("--data-dir", help="odds: the folder of the ODDS .mat files")
+    p.add_argument("--sets", metavar="A,B,...", help="odds: only these sets")
+    p.add_argument("--no-peers", action="store_true", help="odds: aekit only, not PyOD")
+    add_detect_parser(sub)
     p = sub.add_parser("decompress", help="decode a compressed file to PNGs and images.npy")
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="folder for 00000.png, ... and images.npy")
@@ -615,6 +624,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from aekit.bench import load_suite, run_suite, write_leaderboard
 
+    if args.threads is not None and args.threads < 1:
+        raise AekitError(f"--threads must be at least 1 (got {args.threads})")
+    if args.suite == "odds":
+        return cmd_bench_odds(args)
+
     suite = load_suite(args.suite)
     if args.seeds:
         suite.seeds = comma_integers(args.seeds, "--seeds")
@@ -625,8 +639,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells")
         return 0
     if args.threads is not None:
-        if args.threads < 1:
-            raise AekitError(f"--threads must be at least 1 (got {args.threads})")
         torch.set_num_threads(args.threads)
     out = Path(args.out or Path("runs") / f"bench-{suite.name}")
     log.setLevel(logging.WARNING)  # one line per cell, not per epoch
@@ -648,6 +660,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if failed:
         print(f"aekit: error: {len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_bench_odds(args: argparse.Namespace) -> int:
+    from aekit.bench.odds import (
+        ODDS_SETS,
+        available_peers,
+        odds_data_dir,
+        run_odds,
+        write_odds_table,
+    )
+
+    data_dir = odds_data_dir(args.data_dir)
+    seeds = comma_integers(args.seeds, "--seeds") if args.seeds else [0, 1, 2]
+    sets = ODDS_SETS
+    if args.sets:
+        sets = tuple(s.strip() for s in args.sets.split(","))
+        unknown = [s for s in sets if s not in ODDS_SETS]
+        if unknown:
+            raise AekitError(
+                f"unknown ODDS set(s) {', '.join(unknown)}; the 17: {', '.join(ODDS_SETS)}"
+            )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or Path("runs") / "bench-odds")
+    if not args.no_peers:
+        _, missing = available_peers()
+        if missing:
+            print(
+                f"skipping peers that are not installed: {', '.join(missing)} "
+                "(pip install -e '.[bench]')"
+            )
+    logging.getLogger("aekit").setLevel(logging.ERROR)
+    start = time.perf_counter()
+
+    def progress(row: dict[str, Any]) -> None:
+        auc = row.get("roc_auc")
+        shown = "non-finite scores" if auc is None else f"ROC-AUC {auc:.3f}"
+        print(
+            f"{row['data']} seed {row['seed']} {row['detector']}: {shown} "
+            f"(fit {row['fit_seconds']:.1f} s)",
+            flush=True,
+        )
+
+    rows = run_odds(data_dir, out, seeds, sets=sets, peers=not args.no_peers, on_row=progress)
+    command = "aekit bench odds" + (f" --threads {args.threads}" if args.threads else "")
+    path = write_odds_table(rows, out, command)
+    print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s -> {out / 'results.jsonl'}")
+    print(f"table: {path}")
     return 0
 
 
@@ -969,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
             "decompress": cmd_decompress,
             "sae": cmd_sae,
             "bench": cmd_bench,
+            "detect": cmd_detect,
         }[args.command]
         return command(args)
     except AekitError as e:

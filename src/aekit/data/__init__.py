@@ -2,7 +2,7 @@
 
 from aekit.data.config import DataConfig
 from aekit.data.idx import read_idx
-from aekit.data.sources import load_all, load_data
+from aekit.data.sources import load_all, load_data, read_rows
 from aekit.data.tensor_data import Batch, Splits, TensorData
 from aekit.data.validate import check_shape
 
@@ -15,4 +15,5 @@ __all__ = [
     "load_all",
     "load_data",
     "read_idx",
+    "read_rows",
 ]

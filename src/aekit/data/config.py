@@ -8,6 +8,7 @@ from aekit.components import SavedConfig
 from aekit.errors import AekitError
 
 BUILTIN_SOURCES = ("digits", "mnist", "fashion-mnist")
+SCALES = ("auto", "none", "minmax", "255", "standard")
 
 
 @dataclass
@@ -17,7 +18,8 @@ class DataConfig(SavedConfig):
 
     source: str = "digits"
     """`digits` (scikit-learn, bundled), `mnist`, `fashion-mnist`, a `.npy`/`.npz`/`.csv` file,
-    or a folder of PNG/JPEG images (one sub-folder per class gives labels)."""
+    a MATLAB `.mat` file with `X` (and `y`: the ODDS outlier sets), or a folder of PNG/JPEG
+    images (one sub-folder per class gives labels)."""
     data_dir: str | None = None
     """Folder holding the IDX files of `mnist`/`fashion-mnist` (else $AEKIT_DATA, Debian's
     /usr/share/datasets, the cache, then a verified download)."""
@@ -32,8 +34,9 @@ class DataConfig(SavedConfig):
     grayscale: bool | None = None
     """Read a folder's images as grey (True), RGB (False) or decide from the files (None)."""
     scale: str = "auto"
-    """`auto` (uint8 -> /255, digits -> /16, data in [0,1] kept, otherwise min-max),
-    `none`, `minmax`, or `255`."""
+    """`auto` (uint8 -> /255, digits -> /16, `.mat` tables -> standard, data in [0,1] kept,
+    otherwise min-max), `none`, `minmax`, `255`, or `standard` (each feature to zero mean and
+    unit variance over the training split; rows x features data drops its constant columns)."""
     binarize: bool = False
     """Dynamic binarisation for Bernoulli likelihoods: training batches are re-sampled as
     x ~ Bernoulli(pixel) every time; validation and test are binarised once, with a fixed seed."""
@@ -46,18 +49,22 @@ class DataConfig(SavedConfig):
     different seeds are evaluated on the same test set)."""
     limit: int | None = None
     """Use at most this many training examples (quick experiments)."""
-    offset: float | None = None
-    divisor: float | None = None
-    """The resolved scaling x' = (x - offset) / divisor, filled in when the data is first
-    loaded so that later loads (eval, encode) transform new data identically."""
+    offset: float | list[float] | None = None
+    divisor: float | list[float] | None = None
+    """The resolved scaling x' = (x - offset) / divisor (one number, or one per feature for
+    `standard`), filled in when the data is first loaded so that later loads (eval, encode)
+    transform new data identically."""
+    columns: list[int] | None = None
+    """The kept columns of rows x features data after `standard` dropped the constant ones
+    (resolved like offset and divisor; None: all)."""
 
     def __post_init__(self) -> None:
         if self.shape is not None:
             self.shape = tuple(int(s) for s in self.shape)
         if self.image_size is not None:
             self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
-        if self.scale not in ("auto", "none", "minmax", "255"):
-            raise AekitError(f"scale must be one of auto, none, minmax, 255 (got {self.scale!r})")
+        if self.scale not in SCALES:
+            raise AekitError(f"scale must be one of {', '.join(SCALES)} (got {self.scale!r})")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

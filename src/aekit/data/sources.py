@@ -18,6 +18,7 @@ import numpy as np
 from aekit.data.config import BUILTIN_SOURCES, DataConfig
 from aekit.data.download import cache_dir, download_dataset
 from aekit.data.idx import read_idx
+from aekit.data.tabular import fit_standardization
 from aekit.data.tensor_data import Splits, TensorData
 from aekit.data.validate import check_array, check_labels
 from aekit.errors import AekitError
@@ -47,6 +48,7 @@ class _Raw:
     what_test: str | None = None
     class_names: list[str] | None = None
     full_scale: float | None = None  # the known maximum value, for scale=auto
+    tabular: bool = False  # rows x features by nature (.mat): scale=auto standardises
 
 
 def load_data(spec: DataConfig) -> Splits:
@@ -54,8 +56,8 @@ def load_data(spec: DataConfig) -> Splits:
     `spec` with the resolved `offset`/`divisor`, which later loads re-apply unchanged."""
     raw = _read_source(spec)
     parts = _split(raw, spec)
-    offset, divisor = _resolve_scaling(spec, raw, lambda: parts["train"][0])
-    resolved = dataclasses.replace(spec, offset=offset, divisor=divisor)
+    scaling = _resolve_scaling(spec, raw, lambda: parts["train"][0])
+    resolved = scaling.resolved(spec)
     if spec.limit is not None:
         x, y = parts["train"]
         parts["train"] = (x[: spec.limit], None if y is None else y[: spec.limit])
@@ -65,7 +67,7 @@ def load_data(spec: DataConfig) -> Splits:
         if part is None:
             data[name] = None
             continue
-        x = _scale(part[0], offset, divisor)
+        x = scaling.apply(part[0])
         data[name] = TensorData(
             x,
             part[1],
@@ -94,13 +96,23 @@ def load_all(spec: DataConfig) -> TensorData:
     """Every example of the source in file order (for built-ins: train then test), scaled
     like `load_data` would scale it and never binarised."""
     raw = _read_source(spec)
-    offset, divisor = _resolve_scaling(spec, raw, lambda: _split(raw, spec)["train"][0])
+    scaling = _resolve_scaling(spec, raw, lambda: _split(raw, spec)["train"][0])
     x, y = raw.x, raw.y
     if raw.x_test is not None:
         x = np.concatenate([x, raw.x_test])
         y = None if y is None or raw.y_test is None else np.concatenate([y, raw.y_test])
-    resolved = dataclasses.replace(spec, offset=offset, divisor=divisor)
-    return TensorData(_scale(x, offset, divisor), y, name=spec.source, spec=resolved)
+    return TensorData(scaling.apply(x), y, name=spec.source, spec=scaling.resolved(spec))
+
+
+def read_rows(spec: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every example of the source in file order (for built-ins: train then test) as read,
+    unscaled, and its labels if it has them: for callers that fit their own scaling."""
+    raw = _read_source(spec)
+    x, y = raw.x, raw.y
+    if raw.x_test is not None:
+        x = np.concatenate([x, raw.x_test])
+        y = None if y is None or raw.y_test is None else np.concatenate([y, raw.y_test])
+    return x, y
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -116,12 +128,12 @@ def _read_source(spec: DataConfig) -> _Raw:
         kind = source if source == "digits" else "idx"
     elif path.is_dir():
         kind = "folder"
-    elif path.is_file() and suffix in (".npy", ".npz", ".csv"):
+    elif path.is_file() and suffix in (".npy", ".npz", ".csv", ".mat"):
         kind = suffix[1:]
     else:
         raise AekitError(
             f"unknown data source {source!r}: not one of {', '.join(BUILTIN_SOURCES)}, "
-            "nor an existing .npy/.npz/.csv file or image folder"
+            "nor an existing .npy/.npz/.csv/.mat file or image folder"
         )
     _check_options(spec, kind)
 
@@ -135,6 +147,8 @@ def _read_source(spec: DataConfig) -> _Raw:
         raw = _read_npy(path)
     elif kind == "npz":
         raw = _read_npz(path)
+    elif kind == "mat":
+        raw = _read_mat(path)
     else:
         raw = _read_csv(path, spec.label_column)
 
@@ -157,8 +171,8 @@ def _check_options(spec: DataConfig, kind: str) -> None:
     """Refuse options that would otherwise be silently ignored for this kind of source."""
     if spec.data_dir is not None and kind != "idx":
         raise AekitError("data_dir applies only to mnist and fashion-mnist")
-    if spec.labels is not None and kind not in ("npy", "npz", "csv"):
-        raise AekitError("labels applies only to .npy/.npz/.csv sources")
+    if spec.labels is not None and kind not in ("npy", "npz", "csv", "mat"):
+        raise AekitError("labels applies only to .npy/.npz/.csv/.mat sources")
     if spec.label_column is not None and kind != "csv":
         raise AekitError("label_column applies only to .csv sources")
     if spec.labels is not None and spec.label_column is not None:
@@ -279,6 +293,34 @@ def _read_npz(path: Path) -> _Raw:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise AekitError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
     return _Raw(_image_layout(x), y, str(path))
+
+
+def _read_mat(path: Path) -> _Raw:
+    """A MATLAB v4-v7 file with rows x features `X` and optional labels `y` (the ODDS format;
+    1 marks an outlier there)."""
+    from scipy.io import loadmat  # scikit-learn's own dependency; slow import, only when needed
+
+    try:
+        contents = loadmat(path)
+    except NotImplementedError:
+        raise AekitError(
+            f"{path}: a MATLAB v7.3 (HDF5) file, which is not supported; save it with "
+            "save(..., '-v7') or as .npz"
+        ) from None
+    except (ValueError, OSError, TypeError) as e:
+        raise AekitError(f"{path}: not a readable .mat file ({_one_line(e)})") from None
+    keys = [k for k in contents if not k.startswith("__")]
+    x_key = next((k for k in NPZ_X_KEYS if k in keys), None)
+    if x_key is None:
+        raise AekitError(f"{path}: no matrix named X (it holds: {', '.join(keys) or 'nothing'})")
+    y_key = next((k for k in NPZ_Y_KEYS if k in keys and k != x_key), None)
+    x = np.asarray(contents[x_key])
+    if x.dtype == object:
+        raise AekitError(f"{path}: {x_key} is a cell array or struct, not a numeric matrix")
+    if x.ndim == 2 and x.shape[1] == 0:
+        raise AekitError(f"{path}: {x_key} has no columns")
+    y = None if y_key is None else np.asarray(contents[y_key])
+    return _Raw(x, y, str(path), tabular=True)
 
 
 def _is_number(cell: str) -> bool:
@@ -509,41 +551,99 @@ def _split(raw: _Raw, spec: DataConfig) -> dict[str, Part | None]:
     }
 
 
-def _resolve_scaling(
-    spec: DataConfig, raw: _Raw, train_x: Callable[[], np.ndarray]
-) -> tuple[float, float]:
-    """(offset, divisor) of x' = (x - offset) / divisor. Values already in the spec win:
-    that is how a saved run scales new data exactly as it scaled its training data."""
+@dataclass(frozen=True)
+class _Scaling:
+    """x' = (x[:, columns] - offset) / divisor; offset and divisor are numbers or per-feature
+    arrays (`standard`)."""
+
+    offset: float | np.ndarray
+    divisor: float | np.ndarray
+    columns: np.ndarray | None = None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if self.columns is not None:
+            x = x[:, self.columns]
+        # float64 data keeps its precision until the offset is removed.
+        work = x.astype(np.float64 if x.dtype == np.float64 or self.per_feature else np.float32)
+        if np.any(self.offset):
+            work -= self.offset
+        if np.any(self.divisor != 1):
+            work /= self.divisor
+        return work.astype(np.float32, copy=False)
+
+    @property
+    def per_feature(self) -> bool:
+        return isinstance(self.divisor, np.ndarray)
+
+    def resolved(self, spec: DataConfig) -> DataConfig:
+        def saved(v: float | np.ndarray) -> float | list[float]:
+            return v.tolist() if isinstance(v, np.ndarray) else float(v)
+
+        columns = None if self.columns is None else [int(c) for c in self.columns]
+        return dataclasses.replace(
+            spec, offset=saved(self.offset), divisor=saved(self.divisor), columns=columns
+        )
+
+
+def _resolve_scaling(spec: DataConfig, raw: _Raw, train_x: Callable[[], np.ndarray]) -> _Scaling:
+    """The scaling of the data. Values already in the spec win: that is how a saved run scales
+    new data exactly as it scaled its training data."""
     if spec.divisor is not None:
-        if spec.divisor == 0 or not np.isfinite(spec.divisor):
-            raise AekitError(f"divisor must be a non-zero number (got {spec.divisor})")
-        return float(spec.offset or 0.0), float(spec.divisor)
+        return _saved_scaling(spec, raw)
     if spec.scale == "none":
-        return 0.0, 1.0
+        return _Scaling(0.0, 1.0)
     if spec.scale == "255" or (spec.scale == "auto" and raw.x.dtype == np.uint8):
-        return 0.0, 255.0
+        return _Scaling(0.0, 255.0)
     if spec.scale == "auto" and raw.full_scale is not None:
-        return 0.0, raw.full_scale
+        return _Scaling(0.0, raw.full_scale)
+    if spec.scale == "standard" or (spec.scale == "auto" and raw.tabular):
+        return _standard_scaling(train_x(), raw.what)
     x = train_x()
     lo, hi = float(x.min()), float(x.max())
     if spec.scale == "auto" and lo >= 0 and hi <= 1:
-        return 0.0, 1.0
+        return _Scaling(0.0, 1.0)
     if hi == lo:
         raise AekitError(
             f"{raw.what}: every training value is {lo:g}, so min-max scaling would divide "
             "by zero; use scale none"
         )
-    return lo, hi - lo
+    return _Scaling(lo, hi - lo)
 
 
-def _scale(x: np.ndarray, offset: float, divisor: float) -> np.ndarray:
-    # float64 data keeps its precision until the offset is removed.
-    work = x.astype(np.float64 if x.dtype == np.float64 else np.float32)
-    if offset:
-        work -= offset
-    if divisor != 1:
-        work /= divisor
-    return work.astype(np.float32, copy=False)
+def _standard_scaling(x: np.ndarray, what: str) -> _Scaling:
+    if x.ndim == 2:  # rows x features: constant columns are dropped
+        s = fit_standardization(x, f"{what} (train)")
+        return _Scaling(s.mean, s.std, s.columns)
+    # Images and other shapes: per position; a constant position (a border pixel) is only
+    # centred, so shapes are kept.
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    std = flat.std(0)
+    return _Scaling(
+        flat.mean(0).reshape(x.shape[1:]), np.where(std > 0, std, 1.0).reshape(x.shape[1:])
+    )
+
+
+def _saved_scaling(spec: DataConfig, raw: _Raw) -> _Scaling:
+    offset = np.asarray(spec.offset if spec.offset is not None else 0.0, dtype=np.float64)
+    divisor = np.asarray(spec.divisor, dtype=np.float64)
+    if (divisor == 0).any() or not np.isfinite(divisor).all() or not np.isfinite(offset).all():
+        raise AekitError("divisor must be non-zero numbers and offset finite numbers")
+    columns = None if spec.columns is None else np.asarray(spec.columns, dtype=np.int64)
+    if columns is not None and (raw.x.ndim != 2 or columns.max(initial=-1) >= raw.x.shape[1]):
+        raise AekitError(
+            f"{raw.what}: the saved scaling keeps columns up to {int(columns.max())}, the data "
+            f"has shape {tuple(raw.x.shape[1:])} per example"
+        )
+    example = (len(columns),) if columns is not None else raw.x.shape[1:]
+    for name, v in (("offset", offset), ("divisor", divisor)):
+        if v.ndim and v.shape != tuple(example):
+            raise AekitError(
+                f"{raw.what}: the saved scaling has a {name} of shape {v.shape}, the data's "
+                f"examples have shape {tuple(example)}"
+            )
+    if divisor.ndim == 0 and offset.ndim == 0:
+        return _Scaling(float(offset), float(divisor), columns)
+    return _Scaling(offset, divisor, columns)
 
 
 def _derived_seed(split_seed: int, stream: int) -> int:
