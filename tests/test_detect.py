@@ -291,3 +291,52 @@ def test_cli_detect_bad_input_is_one_line(tmp_path, capsys, case, expected):
     assert expected in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_png_bits_measure_image_complexity():
+    from aekit.eval.anomaly import png_bits
+
+    flat = torch.full((1, 1, 16, 16), 0.5)
+    noise = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    bits = png_bits(torch.cat([flat, noise]))
+    assert bits[0] < bits[1] and bits[1] > 8 * 16 * 16 * 0.8  # noise barely compresses
+    with pytest.raises(AekitError, match="needs images"):
+        png_bits(torch.rand(3, 10))
+
+
+def test_cli_detect_with_a_trained_image_run(tmp_path, capsys):
+    run = tmp_path / "vae"
+    argv = ["train", "vae", "--epochs", "1", "--out", str(run), "--no-report", "--no-eval"]
+    assert main([*argv, "--quiet"]) == 0
+    out = tmp_path / "ood.csv"
+    scores = "complexity,nll,reconstruction+mahalanobis"
+    argv = ["detect", "digits", "--run", str(run), "--score", scores, "--nll-k", "5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = read_scores(out)
+    assert len(rows) == 180 and {"score", "nll", "reconstruction+mahalanobis"} <= set(rows[0])
+    # complexity = -log2 p(x) - PNG bits, with the same nll draws (same seed)
+    splits = aekit.load_data(aekit.DataConfig(binarize=True))
+    from aekit.eval.anomaly import png_bits
+
+    bits = png_bits(splits.test.x).numpy()
+    nll = np.array([float(r["nll"]) for r in rows])
+    complexity = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_allclose(complexity, nll / np.log(2) - bits, rtol=1e-6)
+    assert main(["detect", "digits", "--run", str(run), "--epochs", "3"]) == 1
+    assert "drop the detector's fitting flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "recipe, score",
+    [
+        ("dae", "scaled-reconstruction+mahalanobis"),
+        ("vqvae", "scaled-reconstruction+mahalanobis"),
+        ("ksae", "scaled-reconstruction"),  # a sparse code has no covariance
+        ("sae-topk", "scaled-reconstruction"),
+    ],
+)
+def test_any_recipe_detects_with_its_own_code_size(recipe, score):
+    x, _ = manifold_data(n_in=60, n_out=4)
+    detector = Detector(recipe=recipe, epochs=2, ensemble=1).fit(x)
+    assert detector.config.score == score
+    assert np.isfinite(detector.score_samples(x)).all()

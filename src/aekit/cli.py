@@ -387,6 +387,15 @@ def train_on_data(
     splits = load_data(spec)
     if recipe.conditional:
         options["condition_classes"] = splits.label_classes()
+    standardised = isinstance(splits.spec.divisor, list)
+    if (
+        standardised
+        and "likelihood" not in options
+        and recipe_kinds(recipe)["likelihood"] == "bernoulli"
+    ):
+        # Standardised columns are not in [0, 1]: the Bernoulli would be refused.
+        options["likelihood"] = "gaussian"
+        log.info("standardised features: the gaussian likelihood (--likelihood to choose)")
     torch.manual_seed(train_values.get("seed", TrainConfig.seed))
     model = build(recipe.name, splits.train.shape, **options)
     config = train_config(recipe, model, train_values)
@@ -668,6 +677,7 @@ def cmd_bench_odds(args: argparse.Namespace) -> int:
         ODDS_SETS,
         available_peers,
         odds_data_dir,
+        odds_files,
         run_odds,
         write_odds_table,
     )
@@ -704,7 +714,8 @@ def cmd_bench_odds(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    rows = run_odds(data_dir, out, seeds, sets=sets, peers=not args.no_peers, on_row=progress)
+    files = odds_files(data_dir, sets)
+    rows = run_odds(files, out, seeds, peers=not args.no_peers, on_row=progress)
     command = "aekit bench odds" + (f" --threads {args.threads}" if args.threads else "")
     path = write_odds_table(rows, out, command)
     print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s -> {out / 'results.jsonl'}")

@@ -39,12 +39,23 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
         "--score",
         metavar="S[,S...]",
         help=f"one or more of {', '.join(SCORES)}; the first is the `score` column "
-        "(default: scaled-reconstruction+mahalanobis)",
+        "(default: auto, the detector's: scaled-reconstruction+mahalanobis for dense codes)",
     )
     p.add_argument("--fit", metavar="TRAIN", help="fit on these rows instead of DATA")
     p.add_argument("--detector", metavar="DIR", help="score with a saved detector (no fit)")
     p.add_argument("--save", metavar="DIR", help="save the fitted detector here")
     p.add_argument("--label-column", help="CSV column (name or 0-based index) with labels")
+    p.add_argument(
+        "--run",
+        metavar="RUN",
+        help="score DATA (a source such as mnist, read with the run's scaling) with a trained "
+        "run of any recipe, images included, against its training split: out-of-distribution "
+        "detection",
+    )
+    p.add_argument("--data-dir", help="--run: the folder of DATA's IDX files")
+    p.add_argument(
+        "--split", choices=("train", "val", "test", "all"), default="test", help="--run: rows"
+    )
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     add_flags(
         p.add_argument_group("detector"), "detector", DetectorConfig, skip=("options", "score")
@@ -71,6 +82,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     logging.getLogger("aekit").setLevel(logging.WARNING)  # one summary, not a line per epoch
     scores = _score_names(args.score)
+    if args.run:
+        return _detect_with_run(args, scores)
     x, y = read_table(args.data, args.label_column)
     values = section_values(args, "detector")
     start = time.perf_counter()
@@ -106,6 +119,33 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect_with_run(args: argparse.Namespace, scores: list[str]) -> int:
+    from aekit.detector import DEFAULT_SCORE, score_with_run
+
+    given = [k for k in ("fit", "detector", "save", "label_column") if getattr(args, k)]
+    if given or section_values(args, "detector").keys() - {"seed", "nll_k"}:
+        raise AekitError("--run scores with a trained run: drop the detector's fitting flags")
+    values = section_values(args, "detector")
+    scores = scores or [DEFAULT_SCORE]
+    start = time.perf_counter()
+    columns = score_with_run(
+        args.run,
+        scores,
+        source=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        nll_k=values.get("nll_k", 100),
+        seed=values.get("seed", 0),
+    )
+    first = columns[scores[0]]
+    _write_scores(Path(args.out), columns, scores[0], None, None)
+    print(
+        f"{len(first)} rows of {args.data} ({args.split}) scored by {args.run} ({scores[0]}) in "
+        f"{time.perf_counter() - start:.1f} s -> {args.out}"
+    )
+    return 0
+
+
 def _score_names(text: str | None) -> list[str]:
     if not text:
         return []
@@ -120,16 +160,17 @@ def _write_scores(
     path: Path,
     columns: dict[str, np.ndarray],
     first: str,
-    flags: np.ndarray,
+    flags: np.ndarray | None,
     labels: np.ndarray | None,
 ) -> None:
+    """`row,score[,outlier],<other scores>[,label]`, one line per row in input order."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     extra = [n for n in columns if n != first]
-    header = ["row", "score", "outlier", *extra] + (["label"] if labels is not None else [])
-    writer.writerow(header)
-    for i in range(len(flags)):
-        row = [i, repr(float(columns[first][i])), int(flags[i])]
+    flag = ["outlier"] if flags is not None else []
+    writer.writerow(["row", "score", *flag, *extra] + (["label"] if labels is not None else []))
+    for i in range(len(columns[first])):
+        row = [i, repr(float(columns[first][i]))] + ([int(flags[i])] if flags is not None else [])
         row += [repr(float(columns[n][i])) for n in extra]
         if labels is not None:
             row.append(int(labels[i]))

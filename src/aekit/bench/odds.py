@@ -41,8 +41,15 @@ PEERS = {
     "pyod-KNN": ("pyod.models.knn", "KNN"),
 }
 AEKIT = "aekit"
-SAME_FIT_SCORES = ("reconstruction", "reconstruction+mahalanobis", "mean-shift")
-"""Other scores of aekit's default fit, reported beside it (not in the ranking)."""
+SAME_FIT_SCORES = (
+    "reconstruction",
+    "scaled-reconstruction",
+    "mahalanobis",
+    "reconstruction+mahalanobis",
+    "mean-shift",
+)
+"""Other scores of aekit's default fit, reported beside it with its first member alone (not
+in the ranking)."""
 PROTOCOL = (
     "PyOD's benchmark protocol: per seed i a 60/40 split of each set with "
     "`train_test_split(X, y, test_size=0.4, random_state=numpy.random.RandomState(i))`, columns "
@@ -96,16 +103,37 @@ def peer_detector(cls: type, seed: int) -> Any:
     return cls(**kwargs)
 
 
+def odds_files(data_dir: Path, names: tuple[str, ...] = ODDS_SETS) -> dict[str, Path]:
+    files = {name: data_dir / f"{name}.mat" for name in names}
+    for path in files.values():
+        if not path.is_file():
+            raise AekitError(f"{path} is missing; the benchmark needs {DATA_HINT}")
+    return files
+
+
+def load_xy(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """X and y of an ODDS .mat or an ADBench .npz file (1 = outlier)."""
+    if path.suffix == ".mat":
+        from scipy.io import loadmat
+
+        contents = loadmat(path)
+    else:
+        contents = np.load(path, allow_pickle=False)
+    return np.asarray(contents["X"], dtype=np.float64), np.asarray(contents["y"]).ravel().astype(
+        int
+    )
+
+
 def run_odds(
-    data_dir: Path,
+    files: dict[str, Path],
     out: Path,
     seeds: list[int],
     *,
-    sets: tuple[str, ...] = ODDS_SETS,
     peers: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    from scipy.io import loadmat
+    """Every detector on every set and seed (the module's protocol); finished rows in
+    OUT/results.jsonl are kept and skipped."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from aekit.detector import Detector
@@ -130,12 +158,8 @@ def run_odds(
             "average_precision": float(average_precision_score(y, scores)),
         }
 
-    for name in sets:
-        path = data_dir / f"{name}.mat"
-        if not path.is_file():
-            raise AekitError(f"{path} is missing; the benchmark needs {DATA_HINT}")
-        contents = loadmat(path)
-        x, y = contents["X"].astype(np.float64), contents["y"].ravel().astype(int)
+    for name, path in files.items():
+        x, y = load_xy(path)
         for seed in seeds:
             x_train, x_test, _, y_test = split(x, y, seed)
             base = {"data": name, "seed": seed, "n_train": len(x_train), "n_test": len(x_test)}
@@ -156,13 +180,15 @@ def run_odds(
                         "epochs": [h["epochs"] for h in detector.history],
                     }
                 )
-                for score in SAME_FIT_SCORES:
-                    values = detector.with_score(score).score_samples(x_test)
+                variants = {f"{AEKIT} (1 member)": detector.first_members(1)}
+                variants.update({f"{AEKIT} ({s})": detector.with_score(s) for s in SAME_FIT_SCORES})
+                for label, variant in variants.items():
+                    values = variant.score_samples(x_test)
                     record(
                         {
                             **base,
-                            "detector": f"{AEKIT} ({score})",
-                            "score": score,
+                            "detector": label,
+                            "score": variant.config.score,
                             "same_fit": True,
                             **quality(y_test, values),
                             "fit_seconds": fit_seconds,
@@ -192,11 +218,11 @@ def run_odds(
     return rows
 
 
-def odds_table(rows: list[dict[str, Any]], command: str) -> str:
+def odds_table(rows: list[dict[str, Any]], command: str, protocol: str = PROTOCOL) -> str:
     """The markdown table: per-set ROC-AUC mean ± sd (n-1) over seeds for every detector, the
     mean over sets, the mean rank (among the ranked detectors, per set by mean ROC-AUC), mean
     average precision and median fit time."""
-    sets = [s for s in ODDS_SETS if any(r["data"] == s for r in rows)]
+    sets = list(dict.fromkeys(r["data"] for r in rows))
     names = list(dict.fromkeys(r["detector"] for r in rows))
     ranked = [n for n in names if not any(r.get("same_fit") for r in rows if r["detector"] == n)]
 
@@ -221,7 +247,7 @@ def odds_table(rows: list[dict[str, Any]], command: str) -> str:
             ranks[n].append(float(rank))
     seeds = sorted({r["seed"] for r in rows})
     lines = [
-        f"{PROTOCOL} Seeds {', '.join(map(str, seeds))}; ROC-AUC mean ± sd over seeds; the "
+        f"{protocol} Seeds {', '.join(map(str, seeds))}; ROC-AUC mean ± sd over seeds; the "
         "mean rank is among the detectors ranked (aekit's other scores come from the same fit "
         f"as its default and are not ranked). Reproduce: `{command}`.",
         "",
@@ -260,5 +286,5 @@ def odds_table(rows: list[dict[str, Any]], command: str) -> str:
 
 def write_odds_table(rows: list[dict[str, Any]], out: Path, command: str) -> Path:
     path = out / "odds.md"
-    atomic_write_text(path, odds_table(rows, command))
+    atomic_write_text(path, odds_table(rows, command, PROTOCOL))
     return path

@@ -22,6 +22,12 @@
 - `elbo`: the negative ELBO per example (a Monte-Carlo estimate with `samples` draws), for
   models with a posterior density (VAE family).
 - `nll`: the importance-sampled -log p(x) with k draws (Burda et al. 2016), same models.
+- `complexity`: -log2 p(x) minus the bits of the image as a PNG file, the input-complexity
+  score of Serrà et al. 2020 (*Input complexity and out-of-distribution detection with
+  likelihood-based generative models*): likelihoods of generative models rank simple images
+  of another data set as more likely than their own test images (Nalisnick et al. 2019), and
+  a generic compressor's length is the likelihood of a universal model that shares that bias,
+  so their difference is a likelihood ratio against it. Images in [0, 1] only.
 
 Every score is checked finite: a non-finite score is an error naming the examples, never a
 silent ranking.
@@ -29,6 +35,7 @@ silent ranking.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +54,9 @@ SCORES = (
     "mean-shift",
     "elbo",
     "nll",
+    "complexity",
 )
-DENSITY_SCORES = ("elbo", "nll")
+DENSITY_SCORES = ("elbo", "nll", "complexity")
 """Scores that need q(z|x) and p(z)."""
 
 MEAN_SHIFT_K = 10
@@ -170,14 +178,16 @@ def mean_shift(
     reference: torch.Tensor,
     k: int = MEAN_SHIFT_K,
     steps: int = MEAN_SHIFT_STEPS,
-    batch_size: int = 2048,
+    block_values: int = 20_000_000,
 ) -> torch.Tensor:
-    """x moved `steps` times to the mean of its k nearest rows of `reference` (Euclidean)."""
+    """x moved `steps` times to the mean of its k nearest rows of `reference` (Euclidean); the
+    distances are computed for blocks of queries of at most `block_values` entries."""
     if k < 1:
         raise AekitError(f"the mean shift needs k >= 1 neighbours (got {k})")
     k = min(k, len(reference))
     ref = reference.double()
     shifted = x.double().clone()
+    batch_size = max(1, block_values // len(ref))
     for _ in range(steps):
         for start in range(0, len(shifted), batch_size):
             block = shifted[start : start + batch_size]
@@ -197,8 +207,11 @@ def anomaly_scores(
     nll_k: int = 100,
     seed: int = 0,
     batch_size: int = 4096,
+    shifted: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each score in `names` for the rows `x`, as float64 arrays (higher = more anomalous)."""
+    """Each score in `names` for the rows `x`, as float64 arrays (higher = more anomalous).
+    `shifted`: the mean shift of `x` against `reference.x` if already computed (it depends on
+    the rows only, so the members of an ensemble share it)."""
     for name in names:
         check_score(name, model)
     was_training = model.training
@@ -212,8 +225,12 @@ def anomaly_scores(
             elif name.endswith("+mahalanobis"):
                 parts = (name.removesuffix("+mahalanobis"), "mahalanobis")
                 out[name] = sum(_zscored(basic[p], reference.spread[p]) for p in parts)
+            elif name == "complexity":
+                nll = _density_score(model, x, "nll", samples, nll_k, seed, batch_size)
+                out[name] = nll / math.log(2) - png_bits(x)
             elif name == "mean-shift":
-                shifted = mean_shift(x.flatten(1).cpu(), reference.x.flatten(1))
+                if shifted is None:
+                    shifted = mean_shift(x.flatten(1).cpu(), reference.x.flatten(1))
                 out[name] = _errors_against(model, shifted.view_as(x), x, batch_size)
             else:
                 out[name] = _density_score(model, x, name, samples, nll_k, seed, batch_size)
@@ -266,6 +283,29 @@ def _elbo(model: Autoencoder, x: torch.Tensor, samples: int) -> torch.Tensor:
     b = model.bottleneck(model.features(x, None), samples)
     log_w = model.log_px(model.decoder_params(b.z, None), x) + b.log_prior - b.log_q
     return log_w.mean(0)
+
+
+def png_bits(x: torch.Tensor) -> torch.Tensor:
+    """The length in bits of each image (C, H, W) of `x` in [0, 1] as a lossless PNG of its
+    8-bit pixels (grey or RGB), at PNG's strongest compression."""
+    import io
+
+    from PIL import Image
+
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise AekitError(
+            "the complexity score compares with a PNG of each image: it needs images "
+            f"(N, 1 or 3, H, W) in [0, 1], got shape {tuple(x.shape)}"
+        )
+    pixels = (x.detach().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    bits = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            buffer, format="PNG", optimize=True
+        )
+        bits.append(8 * buffer.tell())
+    return torch.tensor(bits, dtype=torch.float64)
 
 
 def check_finite(values: np.ndarray, name: str) -> None:
