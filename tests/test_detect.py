@@ -247,7 +247,7 @@ def test_cli_scores_do_not_depend_on_the_labels(tmp_path):
 
 
 def test_cli_saved_detector_scores_new_rows(tmp_path):
-    x, y = manifold_data(n_in=100, n_out=5)
+    x, _ = manifold_data(n_in=100, n_out=5)
     np.save(tmp_path / "train.npy", x[:80])
     np.save(tmp_path / "new.npy", x[80:])
     first, second = tmp_path / "s1.csv", tmp_path / "s2.csv"

@@ -7,10 +7,12 @@ model = aekit.load("runs/vae")
 
 sae = aekit.build("sae-topk", input_shape=(384,), k=32)   # the same house: a dictionary body,
                                                           # a TopK bottleneck, sparse coding
+detector = aekit.Detector().fit(X)                        # any recipe as an anomaly detector
 """
 
 from aekit.data import DataConfig, TensorData, load_data
 from aekit.data.activations import ActivationSource, ActivationStore, open_source
+from aekit.detector import Detector, DetectorConfig
 from aekit.errors import AekitError, TrainingDiverged
 from aekit.eval import evaluate, gradient_snr, importance_sampled_nll, log_likelihood
 from aekit.models import Autoencoder, AutoencoderOutput, GroupMember, ModelConfig, ModelGroup
@@ -29,6 +31,8 @@ __all__ = [
     "Autoencoder",
     "AutoencoderOutput",
     "DataConfig",
+    "Detector",
+    "DetectorConfig",
     "FitResult",
     "GroupMember",
     "ModelConfig",

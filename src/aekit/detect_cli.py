@@ -99,12 +99,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         detector.fit(train)
         fitted_on = args.fit or args.data
     scores = scores or [detector.config.score]
-    columns = {}
+    columns, thresholds = {}, {}
     for name in scores:
         scorer = detector if name == detector.config.score else detector.with_score(name)
-        columns[name] = scorer.score_samples(x)
-    first = columns[scores[0]]
-    flags = (first > detector.threshold_).astype(int)
+        columns[name], thresholds[name] = scorer.score_samples(x), scorer.threshold_
+    flags = (columns[scores[0]] > thresholds[scores[0]]).astype(int)
     seconds = time.perf_counter() - start
     _write_scores(Path(args.out), columns, scores[0], flags, y)
     if args.save:

@@ -18,7 +18,8 @@
   (*MSS-PAE*, arXiv:2304.00709) on the mean-shift of Yang et al. 2018. An outlier the
   autoencoder reconstructs well (a "false inlier") sits far from its neighbourhood's mean, so
   the reconstruction of the shifted point is far from it. This is our reading of MSS-MSE from
-  the paper's description; k is fixed, never chosen with labels.
+  the paper's description; k is fixed, never chosen with labels, and a training row counts
+  among its own neighbours (as in the transductive setting of the paper).
 - `elbo`: the negative ELBO per example (a Monte-Carlo estimate with `samples` draws), for
   models with a posterior density (VAE family).
 - `nll`: the importance-sampled -log p(x) with k draws (Burda et al. 2016), same models.
