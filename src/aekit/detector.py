@@ -37,6 +37,7 @@ from aekit.eval.anomaly import (
     check_score,
     fit_reference,
     mean_shift,
+    mean_std,
 )
 from aekit.io import atomic_write_json, read_aekit_safetensors, read_json, write_safetensors
 from aekit.models.autoencoder import Autoencoder
@@ -167,14 +168,17 @@ class Detector:
             raise AekitError(f"training data: {len(x)} row(s); a detector needs at least 2")
         self.standardization = fit_standardization(x, "training data")
         xs = torch.from_numpy(self.standardization.apply(x, "training data"))
-        self.members, self.history = [], []
+        self.members, self.history, raws = [], [], []
         for i in range(self.config.ensemble):
-            self.members.append(self._fit_member(xs, self.config.seed + i))
-        self.decision_scores_ = self._combined(xs)
+            member, raw = self._fit_member(xs, self.config.seed + i)
+            self.members.append(member)
+            raws.append(raw)
+        self.decision_scores_ = self._average(raws)
         self.threshold_ = self._threshold(self.decision_scores_)
         return self
 
-    def _fit_member(self, xs: torch.Tensor, seed: int) -> Member:
+    def _fit_member(self, xs: torch.Tensor, seed: int) -> tuple[Member, np.ndarray]:
+        """A trained member and its scores of the training rows `xs`."""
         c = self.config
         n, d = xs.shape
         hidden, latent = tabular_layout(d)
@@ -215,9 +219,8 @@ class Detector:
         reference = fit_reference(model, xs.to(model.device))
         member = Member(model, reference, (0.0, 1.0))
         raw = self._member_scores(member, xs)
-        spread = float(raw.std()) if len(raw) > 1 else 0.0
-        member.spread = (float(raw.mean()), spread if spread > 0 else 1.0)
-        return member
+        member.spread = mean_std(raw)
+        return member, raw
 
     def _latent(self, d: int, sized: int, options: dict[str, Any]) -> int | None:
         """The data-sized code width, unless the recipe's bottleneck sizes its own code:
@@ -247,13 +250,17 @@ class Detector:
         shifted = None
         if self.config.score == "mean-shift":  # the rows' shift, shared by every member
             shifted = mean_shift(xs, self.members[0].reference.x)
-        if len(self.members) == 1:
-            return self._member_scores(self.members[0], xs, shifted)
-        total = np.zeros(len(xs))
-        for member in self.members:
+        return self._average([self._member_scores(m, xs, shifted) for m in self.members])
+
+    def _average(self, raws: list[np.ndarray]) -> np.ndarray:
+        """One member's scores as they are; an ensemble's z-scored and averaged."""
+        if len(raws) == 1:
+            return raws[0]
+        total = np.zeros(len(raws[0]))
+        for member, raw in zip(self.members, raws, strict=True):
             mean, std = member.spread
-            total += (self._member_scores(member, xs, shifted) - mean) / std
-        return total / len(self.members)
+            total += (raw - mean) / std
+        return total / len(raws)
 
     def _check_fitted(self) -> Standardization:
         if self.standardization is None or not self.members:
@@ -357,13 +364,14 @@ class Detector:
         other.history = self.history
         rows = self.members[0].reference.x
         shifted = mean_shift(rows, rows) if score == "mean-shift" else None
+        raws = []
         for member in self.members:
             check_score(score, member.model)
             m = Member(member.model, member.reference, (0.0, 1.0))
-            raw = other._member_scores(m, rows, shifted)
-            m.spread = (float(raw.mean()), float(raw.std()) or 1.0)
+            raws.append(other._member_scores(m, rows, shifted))
+            m.spread = mean_std(raws[-1])
             other.members.append(m)
-        other.decision_scores_ = other._combined(self.members[0].reference.x)
+        other.decision_scores_ = other._average(raws)
         other.threshold_ = other._threshold(other.decision_scores_)
         return other
 

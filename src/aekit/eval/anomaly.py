@@ -151,7 +151,7 @@ def fit_reference(model: Autoencoder, x: torch.Tensor) -> ScoreReference:
     variance = variance.clamp_min(RESIDUAL_VARIANCE_FLOOR * float(variance.mean()) + 1e-30)
     reference = ScoreReference(x.detach().cpu().float(), mean, precision, variance, {})
     basic = _basic_scores(codes, errors, reference)
-    reference.spread = {name: _mean_std(basic[name]) for name in ZSCORED}
+    reference.spread = {name: mean_std(basic[name]) for name in ZSCORED}
     return reference
 
 
@@ -169,7 +169,9 @@ def _zscored(t: torch.Tensor, spread: tuple[float, float]) -> torch.Tensor:
     return (t - spread[0]) / spread[1]
 
 
-def _mean_std(t: torch.Tensor) -> tuple[float, float]:
+def mean_std(t: torch.Tensor | np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a score, the deviation 1 where it is 0 (a z-score's
+    divisor)."""
     std = float(t.std()) if len(t) > 1 else 0.0
     return float(t.mean()), std if std > 0 else 1.0
 
@@ -226,18 +228,19 @@ def anomaly_scores(
             elif name.endswith("+mahalanobis"):
                 parts = (name.removesuffix("+mahalanobis"), "mahalanobis")
                 out[name] = sum(_zscored(basic[p], reference.spread[p]) for p in parts)
-            elif name == "complexity":
-                nll = _density_score(model, x, "nll", samples, nll_k, seed, batch_size)
-                out[name] = nll / math.log(2) - png_bits(x)
+            elif name == "complexity":  # shares the nll draws when both are asked for
+                if "nll" not in out:
+                    out["nll"] = _density_score(model, x, "nll", samples, nll_k, seed, batch_size)
+                out[name] = out["nll"] / math.log(2) - png_bits(x)
             elif name == "mean-shift":
                 if shifted is None:
                     shifted = mean_shift(x.flatten(1).cpu(), reference.x.flatten(1))
                 out[name] = _errors_against(model, shifted.view_as(x), x, batch_size)
-            else:
+            elif name not in out:  # nll may be there already, from complexity
                 out[name] = _density_score(model, x, name, samples, nll_k, seed, batch_size)
     finally:
         model.train(was_training)
-    result = {name: t.numpy().astype(np.float64) for name, t in out.items()}
+    result = {name: out[name].numpy().astype(np.float64) for name in names}
     for name, values in result.items():
         check_finite(values, name)
     return result
