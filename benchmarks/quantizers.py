@@ -47,10 +47,10 @@ from aekit.train import TrainConfig, Trainer
 NET = {"channels": (32, 64)}
 MODELS: dict[str, tuple[str, dict]] = {
     "VQ K=1024": ("vqvae", {"codebook_size": 1024}),
+    "VQ K=1024 no restart (paper)": ("vqvae", {"codebook_size": 1024, "restart": False}),
     "VQ K=1024 EMA": ("vqvae", {"codebook_size": 1024, "ema": True}),
-    "VQ K=1024 restart": ("vqvae", {"codebook_size": 1024, "restart": True}),
     "VQ K=1024 rotation": ("vqvae", {"codebook_size": 1024, "rotation": True}),
-    "VQ K=1024 SimVQ": ("vqvae", {"codebook_size": 1024, "simvq": True}),
+    "VQ K=1024 SimVQ": ("vqvae", {"codebook_size": 1024, "simvq": True, "restart": False}),
     "RVQ 4x256 dropout": (
         "rqvae",
         {"codebook_size": 256, "stages": 4, "quantizer_dropout": 0.5},
@@ -63,8 +63,8 @@ MODELS: dict[str, tuple[str, dict]] = {
 }
 MAIN_TABLE = [
     "VQ K=1024",
+    "VQ K=1024 no restart (paper)",
     "VQ K=1024 EMA",
-    "VQ K=1024 restart",
     "VQ K=1024 rotation",
     "VQ K=1024 SimVQ",
     "RVQ 4x256 dropout",

@@ -57,8 +57,10 @@ def recipe_variants():
     yield "vae", {"likelihood": "laplace", "variance": "global"}
     yield "dae", {"corruption": "salt-pepper"}
     yield "vae", {"corruption": "gaussian", "noise": 0.1, "free_bits": 0.1}
-    for option in ("kmeans_init", "restart", "rotation", "simvq", "cosine"):
+    for option in ("kmeans_init", "rotation", "cosine"):
         yield "vqvae", {option: 2 if option == "kmeans_init" else True}
+    yield "vqvae", {"restart": False}  # the paper's setting
+    yield "vqvae", {"simvq": True, "restart": False}
     yield "vqvae-ema", {"restart": True, "cosine": True}
     yield "rqvae", {"shared_codebook": True, "quantizer_dropout": 0.5, "rotation": True}
     yield "vqvae", {"bottleneck": "pvq", "groups": 4}

@@ -148,7 +148,7 @@ def test_product_vq_codes_each_group_with_its_own_codebook():
 
 @pytest.mark.parametrize("levels", [(8, 5, 5, 5), (3,), (2, 4, 7)])
 def test_fsq_codes_lie_on_the_grid_and_index_maps_are_exact(levels):
-    q = quantizer("fsq", levels=levels)
+    q = quantizer("fsq", levels=levels, pre_norm="none")
     out = q.quantize(torch.randn(2000, len(levels)) * 3)
     half = torch.tensor([lv // 2 for lv in levels], dtype=torch.float32)
     digits = out.z_q * half + half
@@ -168,7 +168,7 @@ def test_fsq_codes_lie_on_the_grid_and_index_maps_are_exact(levels):
 
 
 def test_fsq_gradient_is_straight_through_the_rounding_of_the_tanh_bound():
-    q = quantizer("fsq", levels=(8, 5))
+    q = quantizer("fsq", levels=(8, 5), pre_norm="none")
     v = torch.randn(10, 2, requires_grad=True)
     out = q.quantize(v)
     (grad,) = torch.autograd.grad(out.z_q.sum(), v)
@@ -315,3 +315,49 @@ def test_a_quantizer_model_trains_from_the_command_line(tmp_path):
     indices = torch.from_numpy(np.load(out))
     x = torch.from_numpy(np.load(data))
     assert torch.equal(indices, model.encode_indices(x))
+
+
+def test_fsq_normalises_each_code_dimension_before_the_bound():
+    q = quantizer("fsq", levels=(8, 5, 5, 5))
+    v = torch.randn(4000, 4) * 3 + 40  # pre-activations drifted far into tanh's saturation
+    out = q.quantize(v)
+    plain = quantizer("fsq", levels=(8, 5, 5, 5), pre_norm="none").quantize(v)
+    # Normalised, the vectors spread over the grid; raw, they sit in its corners.
+    assert out.indices.unique().numel() > 100 and plain.indices.unique().numel() == 1
+    q.eval()  # at test time the running statistics define a fixed affine map per dimension
+    n = q.norm
+    expected = (v - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+    assert torch.allclose(q.normalise(v), expected, atol=1e-5)
+    assert torch.equal(q.quantize(v).indices, q.quantize(v).indices)
+    q.train()  # one training vector has no batch statistics: the running ones serve
+    assert torch.allclose(q.normalise(v[:1]), expected[:1], atol=1e-5)
+
+
+def test_fsq_saved_without_the_normalize_field_loads_as_it_was_written():
+    from aekit.models.config import ModelConfig
+
+    saved = aekit.build("fsq", (1, 8, 8), body="mlp").config.to_dict()
+    del saved["bottleneck"]["pre_norm"]  # a config written before the option existed
+    config = ModelConfig.from_dict(saved)
+    assert config.bottleneck.options.pre_norm == "none"
+    assert aekit.build("fsq", (1, 8, 8)).config.bottleneck.options.pre_norm == "batch"
+
+
+def test_fsq_on_an_mlp_uses_far_more_of_its_grid_than_the_plain_bound():
+    """Mentzer et al. 2024: FSQ does not collapse. Without bounded pre-activations an MLP
+    drifts into tanh's saturation (module docstring); measured on digits, 10 epochs: 5-10 %
+    of 1,000 codes plain, 47-49 % normalised, at half the MSE."""
+    from aekit.data import DataConfig, load_data
+    from aekit.eval import evaluate
+    from aekit.train import TrainConfig, Trainer
+
+    splits = load_data(DataConfig(source="digits"))
+    result = {}
+    for pre_norm in ("none", "batch"):
+        torch.manual_seed(0)
+        model = aekit.build("fsq", splits.train.shape, body="mlp", pre_norm=pre_norm)
+        config = TrainConfig(epochs=10, batch_size=64, lr=1e-3, seed=0, progress=False)
+        Trainer(model, splits.train, None, config).fit()
+        result[pre_norm] = evaluate(model, splits.test)
+    assert result["batch"]["codebook_usage"] > 0.3 > 3 * result["none"]["codebook_usage"]
+    assert result["batch"]["mse"] < 0.7 * result["none"]["mse"]

@@ -12,14 +12,29 @@ integers -h_d..L_d-1-h_d, and the decoder sees them divided by h_d. A vector's i
 mixed-radix number sum_d (round f(z)_d + h_d) * prod_{j<d} L_j, exactly invertible.
 (The paper's reference code writes tan for the shift; atanh is the value that maps 0 to 0, and
 the two differ by < 1e-3 for the usual levels.)
+
+The paper projects the encoder's features down to len(levels) dimensions before the quantizer
+and back up after it; here the encoder's last layer and the decoder's first are those
+projections. What the paper leaves to its deep conv encoders is the scale of the
+pre-activations. On an MLP over Fashion-MNIST (784-512-256-16, Adam at 1e-3, batch 64, one
+epoch) they drift to |z| ~ 40 within the epoch: tanh saturates, every vector rounds to a corner
+of the grid, and 4 of 1,000 codes are used (MSE 0.087). So by default (`pre_norm="batch"`)
+each dimension is batch-normalised before the bound (a learned scale and shift, running
+statistics at test time). On the same run that gives 96-99.5 % usage and MSE 0.020-0.021 over
+2 seeds. A layer norm instead gives 25 %: it takes away one degree of freedom of each vector.
+Zeroing the gradient that pushes |z| past 2 gives 0.4 %. `pre_norm="none"` is the paper's
+plain setting (`benchmarks/quantizer_defaults.py` measures both).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from aekit.bottlenecks.base import BOTTLENECKS
 from aekit.bottlenecks.quantizer import Quantized, Quantizer, straight_through
@@ -32,6 +47,12 @@ class FSQOptions:
     levels: tuple[int, ...] = (8, 5, 5, 5)
     """Values per dimension; the code has len(levels) dimensions and prod(levels) codes
     ((8, 5, 5, 5): 1,000 codes, one of the paper's settings)."""
+    pre_norm: str = "batch"
+    """`batch`: batch-normalise each code dimension before the tanh bound, so pre-activations
+    cannot drift into saturation (see the module docstring); `none`: the paper's bound alone."""
+
+    SAVED_WITHOUT: ClassVar[dict[str, str]] = {"pre_norm": "none"}
+    """What a saved config that lacks a field meant when it was written."""
 
     @property
     def vector_width(self) -> int:
@@ -41,6 +62,8 @@ class FSQOptions:
         self.levels = tuple(int(v) for v in self.levels)
         if not self.levels or any(v < 2 for v in self.levels):
             raise AekitError(f"every FSQ level count must be at least 2 (got {self.levels})")
+        if self.pre_norm not in ("batch", "none"):
+            raise AekitError(f"pre_norm must be 'batch' or 'none' (got {self.pre_norm!r})")
 
 
 @BOTTLENECKS.register("fsq")
@@ -65,16 +88,25 @@ class FiniteScalarQuantizer(Quantizer):
             "radix": radix,
         }.items():
             self.register_buffer(name, value.float(), persistent=False)
+        self.norm = nn.BatchNorm1d(self.code_dim) if options.pre_norm == "batch" else None
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
         return (math.prod(self.options.levels),)
 
+    def normalise(self, v: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return v
+        if self.training and v.shape[0] == 1:  # one vector has no batch statistics
+            n = self.norm
+            return F.batch_norm(v, n.running_mean, n.running_var, n.weight, n.bias, eps=n.eps)
+        return self.norm(v)
+
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z + self.shift) * self.half_range - self.offset
 
     def quantize(self, v: torch.Tensor) -> Quantized:
-        bounded = self.bound(v)
+        bounded = self.bound(self.normalise(v))
         rounded = straight_through(bounded, bounded.round())
         digits = (rounded.detach() + self.half_width).long()
         index = (digits * self.radix.long()).sum(1, keepdim=True)

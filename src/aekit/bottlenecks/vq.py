@@ -78,7 +78,9 @@ class VQOptions:
         if self.simvq and self.ema:
             raise AekitError("simvq learns its linear map by gradient: it cannot use ema")
         if self.simvq and self.restart:
-            raise AekitError("restart moves explicit codes; simvq's codes are a linear map")
+            raise AekitError(
+                "restart moves explicit codes; simvq's codes are a linear map (add --no-restart)"
+            )
 
 
 def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

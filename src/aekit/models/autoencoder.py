@@ -11,6 +11,7 @@ optimiser step), and `folded_state()` (their weights as saved for inference).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,6 +354,26 @@ class Autoencoder(nn.Module):
         """Called after each optimiser step: each part's constraint (unit-norm decoder rows).
         (Codebooks and other running statistics update in the training forward.)"""
         self._call_hooks("after_step")
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[Batch]) -> None:
+        """Hand the encoder's features of training batches to a bottleneck that fixes a
+        statistic from the final weights (one with a `calibrate` method, as BatchTopK); for
+        the others nothing is read."""
+        calibrate = getattr(self.bottleneck, "calibrate", None)
+        if calibrate is None:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            calibrate(
+                self.features(
+                    b.x, self.condition_vector(b.y, b.x.shape[0]) if self.conditional else None
+                )
+                for b in batches
+            )
+        finally:
+            self.train(was_training)
 
     def schedule_end(self) -> int:
         """The step at which the schedules (warm-ups, annealing, k, temperature) end."""

@@ -36,6 +36,13 @@ class Component:
         options = make_options(options_class(component_cls), values or {}, f"{slot} {kind!r}")
         return cls(kind, options)
 
+    @classmethod
+    def saved(cls, slot: str, kind: str, values: dict[str, Any]) -> Component:
+        """The component a saved config describes: a field the config lacks takes the value it
+        had when the config was written (the options' `SAVED_WITHOUT`), not today's default."""
+        written = getattr(options_class(SLOTS[slot][kind]), "SAVED_WITHOUT", {})
+        return cls.create(slot, kind, {**written, **values})
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **options_to_dict(self.options)}
 
@@ -112,7 +119,7 @@ class ModelConfig:
             slots = {}
             for slot in SLOTS:
                 values = dict(d.pop(slot))
-                slots[slot] = Component.create(slot, values.pop("kind"), values)
+                slots[slot] = Component.saved(slot, values.pop("kind"), values)
             known = {f.name for f in fields(cls)}
             unknown = set(d) - known
             if unknown:

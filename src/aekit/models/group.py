@@ -10,12 +10,15 @@ ordinary run directory per member (`RUN/members/NAME`), loadable on its own.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from aekit.bottlenecks.sparse import CALIBRATION_BATCHES
 from aekit.data.activations.source import pick
 from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
@@ -131,6 +134,15 @@ class ModelGroup(nn.Module):
     def after_step(self) -> None:
         for model in self.models.values():
             model.after_step()
+
+    def calibrate(self, batches: Iterable[Batch]) -> None:
+        """Each member that calibrates does so on its own site, from the same batches."""
+        members = [m for m in self.members if hasattr(self.models[m.name].bottleneck, "calibrate")]
+        if not members:
+            return
+        batches = list(itertools.islice(batches, CALIBRATION_BATCHES))
+        for m in members:
+            self.models[m.name].calibrate(pick(b, m.site, m.target_site) for b in batches)
 
     def folded_state_dict(self) -> dict[str, torch.Tensor]:
         return {

@@ -3,6 +3,7 @@ resumes and validates the same way (an `Autoencoder` of any family, a `ModelGrou
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -26,7 +27,8 @@ class RunConfig(Protocol):
 @runtime_checkable
 class Trainable(Protocol):
     """What the Trainer calls, in order: `check_data` once per source; per step
-    `step_forward`, `backward`, the optimiser step, `after_step`; `schedule_end` to warn when
+    `step_forward`, `backward`, the optimiser step, `after_step`; per epoch `calibrate`
+    before validation and saving; `schedule_end` to warn when
     the run ends before the schedules do. Besides these it is an `nn.Module` (parameters,
     state_dict, train/eval, to) whose `config` is saved in the run directory under its
     `run_kind` (how `aekit.load` rebuilds it), and whose `folded_state_dict()`, when it has
@@ -46,6 +48,10 @@ class Trainable(Protocol):
 
     def after_step(self) -> None:
         """After the optimiser step: constraints (unit-norm rows)."""
+
+    def calibrate(self, batches: Iterable[Batch]) -> None:
+        """At the end of an epoch: statistics fixed from its final weights over shuffled
+        training batches (BatchTopK's inference threshold); a no-op for most models."""
 
     def schedule_end(self) -> int:
         """The step at which warm-ups and annealing reach their final values."""

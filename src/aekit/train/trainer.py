@@ -217,6 +217,7 @@ class Trainer:
                 record = self._train_epoch(
                     epoch, train, optimizer, steps_per_epoch, total_steps, writer
                 )
+                self._calibrate(epoch, train)
                 if val is not None:
                     record["val"] = self.evaluator(
                         model,
@@ -317,6 +318,15 @@ class Trainer:
             "train_seconds": seconds,
             "examples_per_second": seen / max(seconds, 1e-9),
         }
+
+    def _calibrate(self, epoch: int, train: Any) -> None:
+        """Statistics that the model fixes from the epoch's final weights, before they are
+        validated and saved (BatchTopK's inference threshold), from shuffled training batches
+        drawn by (seed, epoch), so a resumed run calibrates alike."""
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 3))
+        self.model.calibrate(
+            train.batches(self.config.batch_size, shuffle=True, generator=generator)
+        )
 
     def _every_steps(
         self, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
