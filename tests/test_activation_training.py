@@ -3,6 +3,7 @@ through the command line, resume after a crash, the folded saved model, transcod
 streaming from a model, groups of models over several sites, and the errors a user can
 cause."""
 
+import copy
 import json
 
 import pytest
@@ -291,6 +292,32 @@ def test_a_group_trains_several_saes_on_one_pass(store, tmp_path):
     )
     with pytest.raises(AekitError, match="does not give"):
         train_on_source(stray, source, {**values, "out": str(tmp_path / "h")}, opened=opened)
+
+
+def test_a_group_calibrates_each_member_on_its_own_site_as_it_would_alone():
+    from aekit.data.tensor_data import Batch
+
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        Batch(
+            None, None, {"a": torch.randn(32, 6, generator=g), "b": torch.rand(32, 8, generator=g)}
+        )
+        for _ in range(3)
+    ]
+    members = [GroupMember("x", "a"), GroupMember("y", "b"), GroupMember("z", "b")]
+    torch.manual_seed(0)
+    models = {
+        "x": aekit.build("sae-batchtopk", (6,), k=2, expansion=4),
+        "y": aekit.build("sae-topk", (8,), k=2, expansion=4),  # nothing to calibrate
+        "z": aekit.build("sae-batchtopk", (8,), k=3, expansion=4),
+    }
+    alone = {name: copy.deepcopy(m) for name, m in models.items()}
+    ModelGroup(models, members).calibrate(iter(batches))
+    for name, site in (("x", "a"), ("z", "b")):
+        alone[name].calibrate(Batch(b.by_site[site], None) for b in batches)
+        threshold = models[name].bottleneck.threshold
+        torch.testing.assert_close(threshold, alone[name].bottleneck.threshold)
+        assert threshold > 0
 
 
 def test_the_command_line_trains_one_sae_per_site_in_one_pass(store, tmp_path, capsys):

@@ -300,6 +300,11 @@ CALIBRATION_BATCHES = 20
 epoch (20 x 4,096 activations with the SAE defaults)."""
 
 
+def smallest_positive(values: torch.Tensor) -> torch.Tensor:
+    """The smallest positive entry (inf if there is none): the lowest value a batch top-k kept."""
+    return torch.where(values > 0, values, math.inf).min()
+
+
 @dataclass
 class BatchTopKOptions(KSparseOptions):
     threshold_decay: float = 0.99
@@ -341,29 +346,25 @@ class BatchTopK(KSparse):
     def dense(self, pre):
         return torch.where(pre > self.threshold, pre, 0.0)  # theta >= 0: a ReLU too
 
-    def smallest_kept(self, pre: torch.Tensor, k: int) -> torch.Tensor:
-        """The smallest positive value among the batch's B k largest ReLU'd pre-activations
-        (inf if none is positive)."""
-        kept = F.relu(pre).reshape(-1).topk(pre.shape[0] * k, sorted=False).values
-        return torch.where(kept > 0, kept, math.inf).min()
-
     @torch.no_grad()
     def calibrate(self, features) -> None:
         """theta = the mean over up to CALIBRATION_BATCHES batches of features of the smallest
         value the batch top-k keeps (Bussmann et al. 2024), at k's value at the end of its
         schedule; unchanged if no batch keeps a positive value."""
         k = self.k_at(None)
-        smallest = [
-            self.smallest_kept(as_preactivations(h).dense(), k)
-            for h in itertools.islice(features, CALIBRATION_BATCHES)
-        ]
+        smallest = []
+        for h in itertools.islice(features, CALIBRATION_BATCHES):
+            pre = as_preactivations(h).dense()
+            smallest.append(
+                smallest_positive(pre.reshape(-1).topk(len(pre) * k, sorted=False).values)
+            )
         finite = [v for v in smallest if torch.isfinite(v)]
         if finite:
             self.threshold.copy_(torch.stack(finite).mean())
 
     @torch.no_grad()
     def observe(self, values):
-        smallest = torch.where(values > 0, values, math.inf).min()
+        smallest = smallest_positive(values)
         decay = self.options.threshold_decay
         ema = torch.where(
             self.threshold > 0, decay * self.threshold + (1 - decay) * smallest, smallest

@@ -355,18 +355,21 @@ class Autoencoder(nn.Module):
         (Codebooks and other running statistics update in the training forward.)"""
         self._call_hooks("after_step")
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether the bottleneck fixes a statistic from the final weights (BatchTopK)."""
+        return hasattr(self.bottleneck, "calibrate")
+
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch]) -> None:
-        """Hand the encoder's features of training batches to a bottleneck that fixes a
-        statistic from the final weights (one with a `calibrate` method, as BatchTopK); for
-        the others nothing is read."""
-        calibrate = getattr(self.bottleneck, "calibrate", None)
-        if calibrate is None:
+        """Hand the encoder's features of training batches to a bottleneck that `calibrates`;
+        for the others nothing is read."""
+        if not self.calibrates:
             return
         was_training = self.training
         self.eval()
         try:
-            calibrate(
+            self.bottleneck.calibrate(
                 self.features(
                     b.x, self.condition_vector(b.y, b.x.shape[0]) if self.conditional else None
                 )

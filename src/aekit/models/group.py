@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from aekit.bottlenecks.sparse import CALIBRATION_BATCHES
 from aekit.data.activations.source import pick
 from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
@@ -136,13 +135,11 @@ class ModelGroup(nn.Module):
             model.after_step()
 
     def calibrate(self, batches: Iterable[Batch]) -> None:
-        """Each member that calibrates does so on its own site, from the same batches."""
-        members = [m for m in self.members if hasattr(self.models[m.name].bottleneck, "calibrate")]
-        if not members:
-            return
-        batches = list(itertools.islice(batches, CALIBRATION_BATCHES))
-        for m in members:
-            self.models[m.name].calibrate(pick(b, m.site, m.target_site) for b in batches)
+        """Each member that calibrates does so on its own site, from the same batches (held
+        only as far as the members' reading of them differs)."""
+        members = [m for m in self.members if self.models[m.name].calibrates]
+        for m, copy in zip(members, itertools.tee(batches, len(members)), strict=True):
+            self.models[m.name].calibrate(pick(b, m.site, m.target_site) for b in copy)
 
     def folded_state_dict(self) -> dict[str, torch.Tensor]:
         return {
