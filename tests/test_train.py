@@ -108,7 +108,7 @@ def test_a_crash_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
     crashed.decoder.register_forward_hook(crash_at_step_9)
     with pytest.raises(Crash):
         aekit.Trainer(crashed, train, val, config(tmp_path, "crashed", **every)).fit()
-    saved = ckpt.load_checkpoint(
+    saved, _ = ckpt.load_checkpoint(
         tmp_path / "crashed" / ckpt.LAST, make("ae"), torch.optim.Adam(make("ae").parameters())
     )
     assert saved["step"] == 8 and saved["epoch"] == 1
@@ -212,6 +212,43 @@ def test_run_directory_contents_and_protection(tmp_path):
         aekit.Trainer(make(), data(), None, config(tmp_path, "empty")).fit(resume=True)
 
 
+def test_out_never_reuses_a_folder_that_holds_something_else(tmp_path):
+    def fit(name, **overrides):
+        aekit.Trainer(make(), data(), None, config(tmp_path, name, epochs=1, **overrides)).fit()
+
+    # Files that are not a run: refused, even with --overwrite, and left as they were.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(aekit.AekitError, match="not an aekit run"):
+            fit("mine", overwrite=overwrite)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    # A finished run whose checkpoints were removed keeps its weights.
+    fit("done")
+    run = tmp_path / "done"
+    (run / ckpt.LAST).unlink()
+    before = (run / ckpt.WEIGHTS).read_bytes()
+    with pytest.raises(aekit.AekitError, match="holds a finished run"):
+        fit("done")
+    assert (run / ckpt.WEIGHTS).read_bytes() == before
+    # Another model's unfinished run is not this one's to start over.
+    (tmp_path / "other").mkdir()
+    ckpt.write_config(tmp_path / "other", {"kind": "autoencoder", "model": {"recipe": "ae"}})
+    with pytest.raises(aekit.AekitError, match="holds another run"):
+        fit("other")
+    # An unfinished run of the same model and data (a first epoch cut short) starts over...
+    crashed = make()
+    crashed.decoder.register_forward_hook(CrashAtStep(3))
+    with pytest.raises(Crash):
+        aekit.Trainer(crashed, data(), None, config(tmp_path, "cut", epochs=1)).fit()
+    fit("cut", lr=2e-3)
+    assert len((tmp_path / "cut" / ckpt.METRICS).read_text().splitlines()) == 1
+    # ... and --overwrite replaces a run explicitly, with nothing of the old one left.
+    (run / ckpt.EVAL).write_text("{}")
+    fit("done", overwrite=True)
+    assert (run / ckpt.LAST).is_file() and not (run / ckpt.EVAL).exists()
+
+
 def test_bad_training_data_is_refused():
     with pytest.raises(aekit.AekitError, match="expects"):
         aekit.Trainer(make(), torch.rand(10, 1, 9, 9))
@@ -238,3 +275,109 @@ def test_optional_tensorboard_and_missing_devices_are_clear_errors(tmp_path):
             aekit.Trainer(make(), data(), None, config(device="cuda"))
     with pytest.raises(aekit.AekitError, match="unknown device"):
         aekit.Trainer(make(), data(), None, config(device="tpu9"))
+
+
+class CrashAtStep:
+    """A forward hook that raises at training step `n` (counting from 1), mid-epoch."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, module, inputs, output):
+        self.calls += module.training
+        if self.calls == self.n:
+            raise Crash
+
+
+@pytest.mark.parametrize("recipe", ["vae", "dae", "iwae"])
+def test_a_stochastic_model_resumed_mid_epoch_matches_the_uninterrupted_run(tmp_path, recipe):
+    # Reparameterisation noise, input corruption and binarisation: the checkpoint carries the
+    # random state of its step, so the rest of the epoch draws what the whole run drew.
+    train, val = data(), data(32, seed=1)
+    every = {"epochs": 2, "checkpoint_every": 4}
+    whole = make(recipe)
+    aekit.Trainer(whole, train, val, config(tmp_path, "whole", **every)).fit()
+    crashed = make(recipe)
+    crashed.decoder.register_forward_hook(CrashAtStep(6))  # resumes at step 4 of epoch 1
+    with pytest.raises(Crash):
+        aekit.Trainer(crashed, train, val, config(tmp_path, "crashed", **every)).fit()
+    resumed = make(recipe, seed=9)
+    aekit.Trainer(resumed, train, val, config(tmp_path, "crashed", **every)).fit(resume=True)
+    assert_same(weights(whole), weights(resumed))
+    # The epoch's training means include the steps before the crash, as in the whole run.
+    metrics = [
+        [json.loads(line)["train"] for line in (tmp_path / run / ckpt.METRICS).open()]
+        for run in ("whole", "crashed")
+    ]
+    assert metrics[0] == metrics[1]
+
+
+def test_the_batch_size_may_change_at_an_epoch_end_but_not_mid_epoch(tmp_path):
+    train, val = data(), data(32, seed=1)
+    model = make("ae")
+    aekit.Trainer(model, train, val, config(tmp_path, epochs=1)).fit()
+    # 16 -> 32 and then 32 -> 8: each resumed epoch trains all of its steps.
+    for epochs, batch_size in ((2, 32), (3, 8)):
+        result = aekit.Trainer(
+            make("ae"), train, val, config(tmp_path, epochs=epochs, batch_size=batch_size)
+        ).fit(resume=True)
+        assert result.history[-1]["train"], "the resumed epoch trained no step"
+    assert result.steps == 6 + 3 + 12
+    # Mid-epoch the rest of the epoch cannot be batched otherwise: refused, saying why.
+    crashed = make("ae")
+    crashed.decoder.register_forward_hook(CrashAtStep(5))
+    every = {"epochs": 2, "checkpoint_every": 2}
+    with pytest.raises(Crash):
+        aekit.Trainer(crashed, train, val, config(tmp_path, "mid", **every)).fit()
+    with pytest.raises(aekit.AekitError, match="resume with --batch-size 16"):
+        aekit.Trainer(
+            make("ae"), train, val, config(tmp_path, "mid", **every, batch_size=8)
+        ).fit(resume=True)
+    result = aekit.Trainer(make("ae"), train, val, config(tmp_path, "mid", **every)).fit(
+        resume=True
+    )
+    assert result.steps == 12
+
+
+def test_a_nan_between_finiteness_checks_never_reaches_a_checkpoint(tmp_path):
+    # Off the CPU the loss is checked every 25 steps; a mid-epoch checkpoint must check what
+    # happened since, or a NaN would replace the last good checkpoint.
+    model = make("ae")
+    trainer = aekit.Trainer(
+        model, data(), data(32, 1), config(tmp_path, epochs=3, checkpoint_every=4)
+    )
+    trainer.check_every = 1000
+
+    def poison(module, args, out):
+        return out * float("nan") if trainer.state.step == 9 else out  # step 10, epoch 2
+
+    model.decoder.register_forward_hook(poison)
+    with pytest.raises(aekit.TrainingDiverged, match=r"step 8 \(epoch 1 done\) is kept"):
+        trainer.fit()
+    saved, _ = ckpt.load_checkpoint(
+        tmp_path / "run" / ckpt.LAST, make("ae"), torch.optim.Adam(make("ae").parameters())
+    )
+    assert saved["step"] == 8
+    good = ckpt.read_weights(tmp_path / "run" / ckpt.LAST)
+    assert all(torch.isfinite(v).all() for v in good.values())
+
+
+def test_ctrl_c_says_which_checkpoint_is_kept(tmp_path):
+    def interrupt_at(step):
+        def hook(module, args, out):
+            if trainer.state.step == step:
+                raise KeyboardInterrupt
+            return out
+
+        return hook
+
+    model = make("ae")
+    trainer = aekit.Trainer(model, data(), None, config(tmp_path, epochs=2))
+    model.decoder.register_forward_hook(interrupt_at(2))
+    with pytest.raises(aekit.TrainingInterrupted, match="no checkpoint was written yet"):
+        trainer.fit()
+    model = make("ae")
+    trainer = aekit.Trainer(model, data(), None, config(tmp_path, "two", epochs=2))
+    model.decoder.register_forward_hook(interrupt_at(8))
+    with pytest.raises(aekit.TrainingInterrupted, match=r"step 6 \(epoch 1 done\) is kept"):
+        trainer.fit()

@@ -13,7 +13,7 @@ detector = aekit.Detector().fit(X)                        # any recipe as an ano
 from aekit.data import DataConfig, TensorData, load_data
 from aekit.data.activations import ActivationSource, ActivationStore, open_source
 from aekit.detector import Detector, DetectorConfig
-from aekit.errors import AekitError, TrainingDiverged
+from aekit.errors import AekitError, TrainingDiverged, TrainingInterrupted
 from aekit.eval import evaluate, gradient_snr, importance_sampled_nll, log_likelihood
 from aekit.models import Autoencoder, AutoencoderOutput, GroupMember, ModelConfig, ModelGroup
 from aekit.priors import PRIORS, prior_from_sampler
@@ -42,6 +42,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "__version__",
     "build",
     "evaluate",

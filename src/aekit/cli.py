@@ -9,6 +9,7 @@ evaluates, reports and loads the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -24,7 +25,7 @@ from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.data.activations.source import ActivationSource, open_source
 from aekit.detect_cli import add_detect_parser, cmd_detect
-from aekit.errors import AekitError
+from aekit.errors import AekitError, TrainingInterrupted
 from aekit.eval import encode_all
 from aekit.io import atomic_path
 from aekit.models.config import SLOTS
@@ -32,6 +33,7 @@ from aekit.registry import DEFAULT_KINDS, RECIPES, Recipe, build, get_recipe, re
 from aekit.train import TrainConfig, Trainer
 from aekit.train import checkpoint as ckpt
 from aekit.train.finish import evaluate_on_activations, evaluate_trained, fit_sampling_density
+from aekit.train.rundir import writer_lock
 from aekit.train.runs import (
     fresh_run_dir,
     group_for_source,
@@ -344,8 +346,15 @@ def cmd_train(argv: list[str]) -> int:
     kinds = recipe_kinds(recipe, chosen) if recipe else {**DEFAULT_KINDS}
     args = train_parser(recipe, kinds).parse_args(argv)
     setup_logging(args.quiet)
-    if config is not None:
-        return resume(args, config)
+    # The whole command owns its run directory (training, then evaluation and report).
+    owned = known.resume or getattr(args, "train.out", None)
+    with writer_lock(owned) if owned else contextlib.nullcontext():
+        if config is not None:
+            return resume(args, config)
+        return train_new(recipe, args)
+
+
+def train_new(recipe: Recipe | None, args: argparse.Namespace) -> int:
     if recipe is None:
         raise AekitError(
             "name a model to train, e.g. `aekit train vae` (`aekit models` lists them)"
@@ -1047,11 +1056,10 @@ def main(argv: list[str] | None = None) -> int:
     except AekitError as e:
         print(f"aekit: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "aekit: interrupted; the last checkpoint is kept (aekit train --resume RUN)",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as e:
+        # Training says what it kept; elsewhere nothing half-written is left behind.
+        detail = str(e) if isinstance(e, TrainingInterrupted) else "nothing was left half-written"
+        print(f"aekit: interrupted; {detail}", file=sys.stderr)
         return 130
     finally:
         log.handlers[:], log.level, log.propagate = saved

@@ -11,3 +11,7 @@ class AekitError(Exception):
 
 class TrainingDiverged(AekitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which checkpoint, if any, is kept."""

@@ -28,6 +28,7 @@ from aekit.registry import build, get_recipe
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
 from aekit.train.finish import evaluate_trained, fit_sampling_density
+from aekit.train.rundir import writer_lock
 from aekit.train.trainer import FitResult, Trainer, resolve_device
 
 log = logging.getLogger("aekit")
@@ -56,11 +57,24 @@ def run_suite(
 ) -> list[dict[str, Any]]:
     """Run every cell of `suite` without a row in `out/results.jsonl`; return the rows of
     the suite's cells (rows of other cells, e.g. seeds left out with --seeds, stay in the
-    file but not in the leaderboard)."""
-    out.mkdir(parents=True, exist_ok=True)
+    file but not in the leaderboard). One `aekit bench` at a time writes into `out`."""
+    with writer_lock(out, "bench results folder"):
+        return _run_suite(suite, out, device, on_row)
+
+
+def _run_suite(
+    suite: Suite,
+    out: Path,
+    device: str,
+    on_row: Callable[[dict[str, Any], int, int], None] | None,
+) -> list[dict[str, Any]]:
     resolved = resolve_device(device)
-    rows = read_jsonl(out / RESULTS)  # a line torn by a crash is left out
-    done = {row["key"]: row for row in rows if row.get("status") == "ok"}
+    done: dict[str, dict[str, Any]] = {}
+    for row in read_jsonl(out / RESULTS):  # a line torn by a crash is left out
+        # A cell's first row is its result: a second (two writers before the lock existed)
+        # would count as another seed and shrink the spread that decides a claim.
+        if isinstance(row, dict) and row.get("status") == "ok":
+            done.setdefault(row.get("key"), row)
     cells = suite.cells()
     for cell in cells:
         row = done.get(cell.key)
@@ -72,7 +86,7 @@ def run_suite(
     atomic_write_json(out / SUITE, {"name": suite.name, "source": suite.source})
     # Failed cells are retried: their old rows go, so the file keeps one row per cell; the
     # rewrite also drops a torn last line, so the next append starts on a clean line.
-    rows = [row for row in rows if row.get("status") == "ok"]
+    rows = list(done.values())
     atomic_write_jsonl(out / RESULTS, rows)
     todo = [cell for cell in cells if cell.key not in done]
     data_cache: dict[str, Any] = {}

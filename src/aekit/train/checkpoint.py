@@ -81,10 +81,14 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
+    *,
+    random_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Model, optimizer and trainer state in one file, so one atomic rename commits them."""
+    """Model, optimizer and trainer state in one file, so one atomic rename commits them;
+    with the random generators' states (`random_state`) a run resumes mid-epoch exactly."""
     opt = optimizer.state_dict()
     tensors = _cpu_tensors(model.state_dict(), "model/")
+    tensors.update(_cpu_tensors(random_state or {}, "random/"))
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in opt["state"].items():
         for key, value in param_state.items():
@@ -114,7 +118,9 @@ def checkpoint_model_state(
 
 def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Load model and optimizer state; return the trainer state and the random state saved
+    with it (empty for checkpoints of aekit < 0.3)."""
     path = Path(path)
     tensors, metadata = read_aekit_safetensors(path, "checkpoint", "aekit-checkpoint")
     model_state, legacy = checkpoint_model_state(tensors, model)
@@ -144,7 +150,8 @@ def load_checkpoint(
     optimizer.load_state_dict(
         {"state": state, "param_groups": json.loads(metadata["param_groups"])}
     )
-    return json.loads(metadata["trainer_state"])
+    random_state = {k[len("random/") :]: v for k, v in tensors.items() if k.startswith("random/")}
+    return json.loads(metadata["trainer_state"]), random_state
 
 
 def write_config(run_dir: Path, sections: dict[str, Any]) -> None:

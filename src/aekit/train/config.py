@@ -40,6 +40,9 @@ class TrainConfig(SavedConfig):
     """Importance samples per example of the test -log p(x) after training (0: skip)."""
     out: str | None = None
     """Run directory (config, weights, checkpoints, metrics, report); None: keep nothing on disk."""
+    overwrite: bool = False
+    """Replace the run that `out` already holds (refused otherwise, unless it is an unfinished
+    run of the same model and data, which starts over)."""
     progress: bool = True
     """Show a progress bar with the loss and throughput."""
     log_every: int = 0

@@ -23,13 +23,18 @@ from aekit.train.trainer import FitResult, Trainer
 
 
 def fresh_run_dir(recipe: str) -> Path:
-    """runs/RECIPE-DATE-TIME, numbered when it exists already."""
+    """runs/RECIPE-DATE-TIME, created here and numbered when it exists already, so two runs
+    started in one second get a folder each."""
     base = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
+    while True:
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            i += 1
+            run = base.with_name(f"{base.name}-{i}")
 
 
 def write_eval(path: Path, metrics: dict[str, Any], split: str, source: str) -> None:

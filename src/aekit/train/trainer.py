@@ -4,12 +4,14 @@
 Per epoch: seeded shuffling (and dynamic binarisation), optimisation steps with the global
 step driving the model's schedules, validation at the end of those schedules, metrics
 appended to `metrics.jsonl`, best weights and a resumable checkpoint written atomically.
-Each epoch's randomness is derived from (seed, epoch), so a resumed run continues exactly as
-an uninterrupted one would.
+Each epoch's randomness is derived from (seed, epoch), and a checkpoint written mid-epoch
+carries the random state of the step it was written at, so a run resumed from any checkpoint
+continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -24,12 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aekit.data.tensor_data import TensorData
-from aekit.errors import AekitError, TrainingDiverged
+from aekit.errors import AekitError, TrainingDiverged, TrainingInterrupted
 from aekit.eval.metrics import evaluate
 from aekit.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
 from aekit.train.protocol import Trainable
+from aekit.train.rundir import claim_run_dir, remove_temporaries, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,13 @@ class TrainerState:
     best_val_loss: float | None = None
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
+    # Where a mid-epoch checkpoint stands in its epoch, and the epoch's running sums of the
+    # training terms, so it resumes to the same weights and the same metrics. None in
+    # checkpoints written before 0.3 (the position is then derived from the step).
+    epoch_step: int | None = 0
+    batch_size: int | None = None
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_seen: int = 0
 
 
 @dataclass
@@ -123,9 +133,15 @@ class Trainer:
         self.extra_config = extra_config or {}
         self.run_dir = Path(self.config.out) if self.config.out else None
         self.device = resolve_device(self.config.device)
+        self.check_every = 1 if self.device.type == "cpu" else 25
+        """Steps between finiteness checks of the loss: each check waits for the device, so
+        off the CPU it is sparse (a checkpoint checks everything since the last one)."""
         self.state = TrainerState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self.random_state: dict[str, torch.Tensor] = {}
+        self.checkpointed: tuple[int, int] | None = None
+        """(epoch, step) of the latest checkpoint on disk: what a crash would resume from."""
 
     # ---------------------------------------------------------------- run directory
     def _config_sections(self) -> dict[str, Any]:
@@ -140,12 +156,7 @@ class Trainer:
 
     def _start_run_dir(self) -> None:
         assert self.run_dir is not None
-        if (self.run_dir / ckpt.LAST).exists():
-            raise AekitError(
-                f"{self.run_dir} already holds a run; resume it (aekit train --resume "
-                f"{self.run_dir}) or choose another --out"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(self.run_dir, self._config_sections(), overwrite=self.config.overwrite)
         # Without a checkpoint nothing here can be resumed: a first epoch cut short starts over.
         (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
         (self.run_dir / STEPS).unlink(missing_ok=True)
@@ -157,8 +168,13 @@ class Trainer:
         path = self.run_dir / ckpt.LAST
         if not path.is_file():
             raise AekitError(f"{self.run_dir} has no checkpoint to resume ({ckpt.LAST} is missing)")
-        saved = ckpt.load_checkpoint(path, self.model, optimizer)
+        saved, self.random_state = ckpt.load_checkpoint(path, self.model, optimizer)
+        known = {f.name for f in dataclasses.fields(TrainerState)}
+        if not isinstance(saved, dict) or not {"epoch", "step"} <= set(saved) <= known:
+            raise AekitError(f"{path}: the trainer state in its metadata is not aekit's")
+        saved.setdefault("epoch_step", None)
         self.state = TrainerState(**saved)
+        self.checkpointed = (self.state.epoch, self.state.step)
         if (self.run_dir / ckpt.WEIGHTS).is_file() and self.state.best_epoch is not None:
             self.best_state = ckpt.read_model_weights(self.run_dir / ckpt.WEIGHTS, self.model)
         # Epochs after the checkpoint (a crash between metrics and checkpoint) are redone.
@@ -182,6 +198,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> FitResult:
+        if self.run_dir is None:
+            return self._fit(resume)
+        with writer_lock(self.run_dir):
+            remove_temporaries(self.run_dir)
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> FitResult:
         cfg = self.config
         model = self.model.to(self.device)
         train = self.train_data.to(self.device)
@@ -197,7 +220,11 @@ class Trainer:
             self._start_run_dir()
 
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        total_steps = cfg.epochs * steps_per_epoch
+        done = self._position_in_epoch(steps_per_epoch)
+        # Steps already taken (at whatever batch size) plus the steps still to come.
+        total_steps = (
+            self.state.step - done + max(0, cfg.epochs - self.state.epoch) * steps_per_epoch
+        )
         schedule_end = model.schedule_end()
         if schedule_end > total_steps:
             log.warning(
@@ -215,8 +242,9 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
                 record = self._train_epoch(
-                    epoch, train, optimizer, steps_per_epoch, total_steps, writer
+                    epoch, train, optimizer, steps_per_epoch, total_steps, writer, done
                 )
+                done = 0
                 self._calibrate(epoch, train)
                 if val is not None:
                     record["val"] = self.evaluator(
@@ -232,6 +260,8 @@ class Trainer:
                         "early stopping: no better validation loss for %d epochs", cfg.patience
                     )
                     break
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._kept()) from None
         finally:
             if writer is not None:
                 writer.close()
@@ -255,16 +285,18 @@ class Trainer:
         steps_per_epoch: int,
         total_steps: int,
         writer: Any,
+        done: int,
     ) -> dict[str, Any]:
-        cfg, model = self.config, self.model
+        """One epoch, or the rest of one: `done` steps of it were trained before the
+        checkpoint this run resumed from."""
+        cfg, model, state = self.config, self.model, self.state
         model.train()
         seed = derive_seed(cfg.seed, epoch, 1)
         torch.manual_seed(seed)  # reparameterisation noise and input corruption
         generator = torch.Generator().manual_seed(seed)  # shuffling and binarisation
-        sums: dict[str, torch.Tensor] = {}
-        seen = 0
+        sums: dict[str, Any] = {k: torch.tensor(v) for k, v in state.epoch_sums.items()}
+        seen = state.epoch_seen if done else 0
         lr = learning_rate(self.state.step, total_steps, cfg)
-        check_every = 1 if self.device.type == "cpu" else 25
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.epochs}",
@@ -273,12 +305,16 @@ class Trainer:
             disable=not cfg.progress,
             dynamic_ncols=True,
         )
-        # A checkpoint written mid-epoch resumes here: the epoch's batch order is a function
-        # of (seed, epoch), so skipping the batches already trained on continues it exactly.
-        done = self.state.step - (epoch - 1) * steps_per_epoch
+        # A checkpoint written mid-epoch resumes here: the epoch's batch order (and the
+        # binarisation) is a function of (seed, epoch), so drawing the batches already
+        # trained on and dropping them continues it; the noise of the steps to come is the
+        # random state saved with the checkpoint.
         bar.update(done)
         batches = train.batches(cfg.batch_size, shuffle=True, generator=generator)
-        batches = itertools.islice(batches, done, None)
+        if done:
+            for _ in itertools.islice(batches, done):
+                pass
+            self._restore_random_state()
         start = time.perf_counter()
         with bar:
             for i, batch in enumerate(batches, start=done):
@@ -286,7 +322,7 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 out = model.step_forward(batch, self.state.step)
-                if (i + 1) % check_every == 0 and not torch.isfinite(out.loss):
+                if (i + 1) % self.check_every == 0 and not torch.isfinite(out.loss):
                     self._diverged(epoch, out.terms)
                 optimizer.zero_grad(set_to_none=True)
                 model.backward(out)
@@ -299,14 +335,16 @@ class Trainer:
                 seen += n
                 for name, value in out.terms.items():
                     sums[name] = sums.get(name, 0.0) + value * n
+                state.epoch_step = i + 1
                 if bar.disable is False and (i % 10 == 0 or i == steps_per_epoch - 1):
                     rate = seen / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix(loss=f"{out.loss.item():.4g}", ex_s=f"{rate:.0f}")
                 bar.update(1)
                 if writer is not None and self.state.step % 50 == 0:
                     writer.add_scalar("train_step/loss", out.loss.item(), self.state.step)
-                self._every_steps(out.terms, optimizer)
+                self._every_steps(epoch, out.terms, optimizer, sums, seen)
         seconds = time.perf_counter() - start
+        state.epoch_step, state.epoch_sums, state.epoch_seen = 0, {}, 0
         means = {name: float(total) / seen for name, total in sums.items()} if seen else {}
         if not all(math.isfinite(v) for v in means.values()):
             self._diverged(epoch, means)
@@ -329,26 +367,90 @@ class Trainer:
         )
 
     def _every_steps(
-        self, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+        self,
+        epoch: int,
+        terms: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        sums: dict[str, Any],
+        seen: int,
     ) -> None:
-        cfg, step = self.config, self.state.step
+        cfg, state = self.config, self.state
         if self.run_dir is None:
             return
-        if cfg.log_every and step % cfg.log_every == 0:
+        if cfg.log_every and state.step % cfg.log_every == 0:
             values = {name: float(value) for name, value in terms.items()}
-            append_jsonl(self.run_dir / STEPS, {"step": step, **values})
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            ckpt.save_checkpoint(
-                self.run_dir / ckpt.LAST, self.model, optimizer, self.state.__dict__
+            append_jsonl(self.run_dir / STEPS, {"step": state.step, **values})
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            # Off the CPU finiteness is checked only every few steps: a NaN since then must
+            # not replace the last good checkpoint. The epoch's sums hold every step's terms.
+            state.epoch_sums = {name: float(total) for name, total in sums.items()}
+            state.epoch_seen = seen
+            if not all(math.isfinite(v) for v in state.epoch_sums.values()) or not all(
+                bool(torch.isfinite(p).all()) for p in self.model.parameters()
+            ):
+                self._diverged(epoch, terms)
+            self._save_checkpoint(optimizer)
+
+    def _save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
+        assert self.run_dir is not None
+        self.state.batch_size = self.config.batch_size
+        ckpt.save_checkpoint(
+            self.run_dir / ckpt.LAST,
+            self.model,
+            optimizer,
+            dataclasses.asdict(self.state),
+            random_state=self._random_state(),
+        )
+        self.checkpointed = (self.state.epoch, self.state.step)
+
+    def _random_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore_random_state(self) -> None:
+        if "torch" not in self.random_state:  # a checkpoint of aekit < 0.3
+            log.warning(
+                "this checkpoint predates saved random states: the rest of epoch %d draws "
+                "other noise than an uninterrupted run",
+                self.state.epoch + 1,
             )
+            return
+        torch.set_rng_state(self.random_state["torch"])
+        if self.device.type == "cuda" and "cuda" in self.random_state:
+            torch.cuda.set_rng_state(self.random_state["cuda"], self.device)
+
+    def _position_in_epoch(self, steps_per_epoch: int) -> int:
+        """Steps of the unfinished epoch that the checkpoint already holds (0 at an epoch's
+        end), refusing a batch size that cannot continue it."""
+        state = self.state
+        if state.epoch_step is None:  # aekit < 0.3: the batch size cannot have changed
+            return min(max(0, state.step - state.epoch * steps_per_epoch), steps_per_epoch)
+        if state.epoch_step and state.batch_size != self.config.batch_size:
+            raise AekitError(
+                f"the checkpoint was written {state.epoch_step} steps into epoch "
+                f"{state.epoch + 1} with batch size {state.batch_size}: resume with "
+                f"--batch-size {state.batch_size} (the rest of an epoch cannot be cut into "
+                "batches of another size and stay the same run); the size may change at an "
+                "epoch's end"
+            )
+        return state.epoch_step
+
+    def _kept(self) -> str:
+        if self.run_dir is None:
+            return "nothing was saved (no run directory)"
+        if self.checkpointed is None:
+            return f"no checkpoint was written yet, so {self.run_dir} cannot be resumed"
+        epoch, step = self.checkpointed
+        return (
+            f"the checkpoint of step {step} (epoch {epoch} done) is kept: "
+            f"aekit train --resume {self.run_dir}"
+        )
 
     def _diverged(self, epoch: int, terms: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-        kept = (
-            f"; the last good checkpoint (epoch {self.state.epoch}) is kept in {self.run_dir}"
-            if self.run_dir is not None and self.state.epoch > 0
-            else ""
-        )
+        kept = f"; {self._kept()}" if self.run_dir is not None else ""
         raise TrainingDiverged(
             f"non-finite loss at step {self.state.step} (epoch {epoch}): {shown}{kept}; "
             "try a lower --lr or --grad-clip"
@@ -386,7 +488,7 @@ class Trainer:
             append_jsonl(self.run_dir / ckpt.METRICS, record)
             if improved or "val" not in record:
                 ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model)
-            ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.model, optimizer, state.__dict__)
+            self._save_checkpoint(optimizer)
         for callback in self.callbacks:
             callback(self, record)
         return cfg.patience > 0 and state.epochs_without_improvement >= cfg.patience
