@@ -330,9 +330,9 @@ def test_the_batch_size_may_change_at_an_epoch_end_but_not_mid_epoch(tmp_path):
     with pytest.raises(Crash):
         aekit.Trainer(crashed, train, val, config(tmp_path, "mid", **every)).fit()
     with pytest.raises(aekit.AekitError, match="resume with --batch-size 16"):
-        aekit.Trainer(
-            make("ae"), train, val, config(tmp_path, "mid", **every, batch_size=8)
-        ).fit(resume=True)
+        aekit.Trainer(make("ae"), train, val, config(tmp_path, "mid", **every, batch_size=8)).fit(
+            resume=True
+        )
     result = aekit.Trainer(make("ae"), train, val, config(tmp_path, "mid", **every)).fit(
         resume=True
     )
