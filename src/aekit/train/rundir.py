@@ -69,7 +69,10 @@ def writer_lock(folder: str | Path, what: str = "run directory") -> Iterator[Pat
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AekitError(f"{folder} is a file, not a folder for a {what}")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AekitError(f"cannot create the {what} {folder}: {e.strerror}") from None
     key = folder.resolve()
     if key in _held:
         _held[key][1] += 1
@@ -78,7 +81,10 @@ def writer_lock(folder: str | Path, what: str = "run directory") -> Iterator[Pat
         finally:
             _held[key][1] -= 1
         return
-    fd = _acquire(folder / LOCK, what)
+    try:
+        fd = _acquire(folder / LOCK, what)
+    except PermissionError:
+        raise AekitError(f"cannot write into the {what} {folder}: permission denied") from None
     _held[key] = [fd, 1]
     try:
         yield folder
@@ -119,7 +125,8 @@ def _identity() -> dict[str, Any]:
 
 def _holder(fd: int) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096) or b"{}")
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
         return f"process {int(info['pid'])} on {info['host']}, since {since}"
     except (OSError, ValueError, KeyError, TypeError):
