@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from aekit.cli_flags import add_flags, section_values
+from aekit.cli_flags import (
+    Parser,
+    add_flags,
+    bounded_int,
+    non_negative_int,
+    positive_int,
+    section_values,
+    seed_int,
+)
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.data.activations.source import ActivationSource, open_source
@@ -50,13 +58,17 @@ log = logging.getLogger("aekit")
 
 MODEL_SECTIONS = ("model", "kind", *SLOTS)
 FIXED_ON_RESUME = (*MODEL_SECTIONS, "data", "source")
+ASKED_EACH_TIME = ("source.trust_remote_code",)
+"""Flags a resumed run takes again because they are never saved in it."""
+MAX_SAMPLES = 1_000_000
+"""`aekit sample -n` at most: a million 28x28 float32 images is 3 GB; more is a typo."""
 SAE_LR = "2e-4 x sqrt(16384 / latents)"
 """How the default learning rate of the SAE recipes is shown (`registry.sae_learning_rate`)."""
 
 
 # ------------------------------------------------------------------------------ parsers
 def train_parser(recipe: Recipe | None, kinds: dict[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aekit train",
         description="Train a model. `aekit train vae` trains a VAE on scikit-learn's digits; "
         "`aekit train sae-topk --activations STORE` a sparse autoencoder on a network's "
@@ -81,7 +93,7 @@ def train_parser(recipe: Recipe | None, kinds: dict[str, str]) -> argparse.Argum
     group.add_argument(
         "--latent-dim",
         dest="model.latent_dim",
-        type=int,
+        type=positive_int,
         default=argparse.SUPPRESS,
         metavar="D",
         help="size of the latent code (default: 16; quantizers: vectors x code width, derived "
@@ -124,7 +136,7 @@ def train_parser(recipe: Recipe | None, kinds: dict[str, str]) -> argparse.Argum
 
 
 def main_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aekit", description="Autoencoders: train, evaluate, sample, encode, report."
     )
     parser.add_argument("--version", action="version", version=f"aekit {__version__}")
@@ -143,7 +155,7 @@ def main_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--nll-k",
-        type=int,
+        type=non_negative_int,
         default=1000,
         metavar="K",
         help="importance samples per example for -log p(x) (default: 1000; 0: skip)",
@@ -163,13 +175,19 @@ def main_parser() -> argparse.ArgumentParser:
         "--fid-weights",
         metavar="PATH",
         help="a TorchScript Inception feature extractor (e.g. inception-2015-12-05.pt): also "
-        "report FID with it",
+        "report FID with it. TorchScript is code: loading the file runs it, so pass only "
+        "files you trust",
     )
 
     p = sub.add_parser("sample", help="draw samples from the prior: a PNG grid and a .npy")
     p.add_argument("run")
-    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "-n",
+        type=bounded_int(1, MAX_SAMPLES),
+        default=64,
+        help=f"number of samples (default: 64, at most {MAX_SAMPLES:,})",
+    )
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the mean E[x|z]"
     )
@@ -211,7 +229,7 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="the compressed file (e.g. images.aek)")
     p.add_argument(
         "--stages",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="residual VQ: code only the first N stages (a lower rate)",
     )
@@ -231,7 +249,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", help="results directory (default: runs/bench-SUITE); resumed if it exists"
     )
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's)"
+    )
     p.add_argument("--seeds", metavar="S,S,...", help="override the suite's seeds, e.g. 0 or 0,1")
     p.add_argument("--list", action="store_true", help="list the cells and exit")
     p.add_argument("--data-dir", help="odds: the folder of the ODDS .mat files")
@@ -242,6 +262,12 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="folder for 00000.png, ... and images.npy")
     p.add_argument("--run", help="the run that compressed it (default: the path in its header)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="decompress into a folder that holds an earlier decompress (its NNNNN.png and "
+        "images.npy are removed first; other files are kept)",
+    )
     p.add_argument("--device", default="auto")
     return parser
 
@@ -278,11 +304,26 @@ def add_sae_commands(sub: Any) -> None:
         "or `python-docs` for the built-in corpus of Python's documentation",
     )
     c.add_argument("--out", required=True, help="the store directory to create")
-    c.add_argument("--context-length", type=int, default=128, help="tokens per context")
-    c.add_argument("--batch-contexts", type=int, default=32, help="contexts per forward pass")
+    c.add_argument("--context-length", type=bounded_int(2), default=128, help="tokens per context")
+    c.add_argument(
+        "--batch-contexts", type=positive_int, default=32, help="contexts per forward pass"
+    )
     c.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    c.add_argument("--shard-rows", type=int, default=65_536, help="activations per shard file")
-    c.add_argument("--max-rows", type=int, help="stop after this many activations")
+    c.add_argument(
+        "--shard-rows", type=positive_int, default=65_536, help="activations per shard file"
+    )
+    c.add_argument("--max-rows", type=positive_int, help="stop after this many activations")
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the store that --out already holds (refused otherwise)",
+    )
+    c.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let transformers run the Python code a model folder or hub repository ships "
+        "(off: such models are refused)",
+    )
     c.add_argument(
         "--keep-special",
         action="store_true",
@@ -305,8 +346,8 @@ def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
         help=f"which examples (default: {default_split} of the run's data; all of another --data; "
         "activations: test and val are the held-out rows)",
     )
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples")
     p.add_argument("--device", default="auto")
     p.set_defaults(default_split=default_split)
 
@@ -332,7 +373,7 @@ def run_recipe(config: dict[str, Any]) -> str:
 
 def cmd_train(argv: list[str]) -> int:
     # The flags depend on the model and the kinds chosen, so find those first.
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = Parser(add_help=False)
     probe.add_argument("--resume")
     for slot in SLOTS:
         probe.add_argument(f"--{slot}")
@@ -361,6 +402,7 @@ def train_new(recipe: Recipe | None, args: argparse.Namespace) -> int:
         )
     train_values = section_values(args, "train")
     train_values.setdefault("progress", sys.stderr.isatty() and not args.quiet)
+    TrainConfig.from_dict(train_values)  # refuse bad flags before the data is read
     options: dict[str, Any] = {**section_values(args, "kind")}
     for section in SLOTS:
         options.update(section_values(args, section))
@@ -456,7 +498,11 @@ def resume(args: argparse.Namespace, config: dict[str, Any]) -> int:
     recipe = run_recipe(config)
     if args.model and args.model != recipe:
         raise AekitError(f"{run} is a {recipe} run, not {args.model}")
-    changed = [k for k in vars(args) if "." in k and k.split(".")[0] in FIXED_ON_RESUME]
+    changed = [
+        k
+        for k in vars(args)
+        if "." in k and k.split(".")[0] in FIXED_ON_RESUME and k not in ASKED_EACH_TIME
+    ]
     if changed:
         flags = ", ".join("--" + k.split(".")[1].replace("_", "-") for k in changed)
         raise AekitError(
@@ -469,7 +515,9 @@ def resume(args: argparse.Namespace, config: dict[str, Any]) -> int:
         train_config.progress = sys.stderr.isatty() and not args.quiet
     model = ckpt.model_from_config(config)
     if config.get("activations") is not None:
-        source = ActivationSource.from_dict(config["activations"])
+        source = ActivationSource.from_dict(
+            {**config["activations"], **section_values(args, "source")}
+        )
         result, opened = train_on_source(model, source, train_config, resume=True)
         return finish_on_activations(model, train_config, result, opened, source, args)
     if config.get("data") is None:
@@ -604,7 +652,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if not args.texts:
         raise AekitError("give the texts to run the model on: --texts FILE... or python-docs")
     device = resolve_device(args.device)
-    model, tokenizer, name = load_model(args.model)
+    model, tokenizer, name = load_model(args.model, trust_remote_code=args.trust_remote_code)
     model.to(device)
     sites = resolve_sites(model, args.layer)
     contexts = contexts_from_texts(tokenizer, read_texts(args.texts), args.context_length)
@@ -628,6 +676,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         batch_contexts=args.batch_contexts,
         max_rows=args.max_rows,
         exclude_special=not args.keep_special,
+        overwrite=args.overwrite,
         meta={"model": name},
         progress=sys.stderr.isatty(),
     )
@@ -881,6 +930,9 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     from aekit.report import image_grid, is_image_shape, save_png
 
+    png = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    if png.suffix.lower() != ".png":
+        raise AekitError(f"--out {png}: the samples are a PNG grid; name a .png file")
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
     condition = parse_condition(args.condition, model)
@@ -895,7 +947,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
             .cpu()
             .numpy()
         )
-    png = Path(args.out) if args.out else Path(args.run) / "samples.png"
     save_npy(png.with_suffix(".npy"), x)
     if is_image_shape(model.input_shape):
         save_png(png, image_grid(x))
@@ -989,11 +1040,28 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     except AekitError as e:
         raise AekitError(f"{path}: {e}") from None
     out = Path(args.out)
+    clear_decompressed(out, overwrite=args.overwrite)
     pngs = write_images(out, images)
     save_npy(out / "images.npy", images)
     shown = f"{pngs[0].name}..{pngs[-1].name} and " if pngs else ""
     print(f"{path}: {len(images)} images -> {out}/{shown}images.npy")
     return 0
+
+
+def clear_decompressed(out: Path, *, overwrite: bool) -> None:
+    """A folder holding anything is refused (stale PNGs of an earlier, longer file would sit
+    beside the new images.npy); --overwrite removes what decompress writes, nothing else."""
+    if out.exists() and not out.is_dir():
+        raise AekitError(f"-o {out} is a file; decompress writes a folder")
+    held = sorted(out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise AekitError(
+            f"-o {out} is not empty ({len(held)} entries); choose a new folder, or pass "
+            "--overwrite to replace the images a decompress wrote there"
+        )
+    for path in held:
+        if path.name == "images.npy" or (path.suffix == ".png" and path.stem.isdigit()):
+            path.unlink()
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -1027,6 +1095,14 @@ def setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+def os_error_message(e: OSError) -> str:
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return reason
+    target = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    return f"{target}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     saved = log.handlers[:], log.level, log.propagate
@@ -1055,6 +1131,11 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except AekitError as e:
         print(f"aekit: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A path that is a folder, below a file, unwritable, or a full disk: the write was
+        # atomic, so nothing was left half-written.
+        print(f"aekit: error: {os_error_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         # Training says what it kept; elsewhere nothing half-written is left behind.

@@ -12,6 +12,8 @@ import ast
 import functools
 import inspect
 import textwrap
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from typing import Any, Generic, TypeVar
@@ -84,15 +86,59 @@ def options_class(cls: type) -> type:
 
 def make_options(options_cls: type, values: dict[str, Any], what: str) -> Any:
     """Build an options dataclass from a dict, naming unknown or badly typed fields."""
+    if not isinstance(values, dict):
+        raise AekitError(f"{what}: expected a mapping of options (got {type(values).__name__})")
     known = {f.name for f in fields(options_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         valid = ", ".join(sorted(known)) or "none"
         raise AekitError(f"{what} has no option {', '.join(unknown)} (valid: {valid})")
+    hints = typing.get_type_hints(options_cls)
+    for name, value in values.items():
+        if not fits(value, hints[name]):
+            raise AekitError(f"{what}: {name} must be {type_name(hints[name])} (got {value!r})")
     try:
         return options_cls(**values)
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise AekitError(f"{what}: {e}") from None
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from a file (JSON, TOML) is of a field's declared type: a
+    hand-edited config with a string where an int belongs is refused when it is read, not
+    deep inside training. Ints pass for floats, lists for tuples; bools are not numbers."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        if not isinstance(value, tuple | list):
+            return False
+        item = args[0] if args else Any
+        return all(fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args) + " or null"
+    if typing.get_origin(hint) in (tuple, list):
+        return f"a list of {type_name(args[0]) if args else 'values'}"
+    return getattr(hint, "__name__", str(hint))
 
 
 class SavedConfig:

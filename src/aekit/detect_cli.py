@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.cli_flags import add_flags, section_values
+from aekit.cli_flags import add_flags, positive_int, section_values
 from aekit.data import DataConfig, read_rows
 from aekit.errors import AekitError
 from aekit.eval.anomaly import SCORES
@@ -56,7 +56,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", choices=("train", "val", "test", "all"), default="test", help="--run: rows"
     )
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads")
     add_flags(
         p.add_argument_group("detector"), "detector", DetectorConfig, skip=("options", "score")
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -111,7 +112,31 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Any], dict[
     except (SafetensorError, OSError, ValueError) as e:
         reason = " ".join(str(e).split())  # one line, whatever the library says
         raise AekitError(f"{what} {path} is unreadable or corrupt ({reason})") from None
+    expected = metadata.get(CHECKSUM)
+    if expected is not None and expected != tensors_sha256(tensors):
+        raise AekitError(
+            f"{what} {path} is corrupt: its tensors do not match the checksum written with "
+            "them (a flipped bit, or an edit)"
+        )
     return tensors, metadata
+
+
+CHECKSUM = "tensors_sha256"
+"""Metadata key of the SHA-256 over a file's tensors: safetensors checks the header's shape
+and offsets, not the bytes, so a flipped bit in a weight would otherwise be used silently.
+Files written before 0.2 have none and are read unchecked."""
+
+
+def tensors_sha256(tensors: dict[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of tensors, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def write_safetensors(
@@ -128,7 +153,12 @@ def write_safetensors(
         save_file(
             tensors,
             str(tmp),
-            metadata={"format": format, "aekit_version": __version__, **metadata},
+            metadata={
+                "format": format,
+                "aekit_version": __version__,
+                CHECKSUM: tensors_sha256(tensors),
+                **metadata,
+            },
         )
     return path
 

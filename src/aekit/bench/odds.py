@@ -118,7 +118,9 @@ def load_xy(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
         contents = loadmat(path)
     else:
-        contents = np.load(path, allow_pickle=False)
+        from aekit.data.arrays import read_npz
+
+        contents = read_npz(path)
     return np.asarray(contents["X"], dtype=np.float64), np.asarray(contents["y"]).ravel().astype(
         int
     )

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -187,7 +188,14 @@ def resolve(name_or_path: str) -> tuple[str, str]:
             f"unknown suite {name_or_path!r}: name a built-in suite ({', '.join(BUILTIN)}) "
             "or a .toml/.yaml suite file"
         )
-    return path.read_text(encoding="utf-8"), str(path)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except UnicodeDecodeError as e:
+        raise AekitError(
+            f"{path}: a suite file is UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    except OSError as e:
+        raise AekitError(f"{path}: cannot read the suite ({e.strerror})") from None
 
 
 def parse_text(text: str, where: str) -> dict[str, Any]:
@@ -234,12 +242,38 @@ def _check_fields(values: dict[str, Any], allowed: set[str], what: str) -> None:
 def _train_fields(values: dict[str, Any], what: str) -> dict[str, Any]:
     fields_ = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "device", "seed"}
     _check_fields(values, fields_, what)
+    try:
+        TrainConfig.from_dict(values)  # types and ranges, before anything runs
+    except AekitError as e:
+        raise AekitError(f"{what}: {e}") from None
     return values
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+"""Suite, data, model and budget names become folder names under the results directory, so
+they are plain names: no separators, no `..`."""
+
+
+def _plain(name: Any, what: str) -> str:
+    name = str(name)
+    if not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise AekitError(
+            f"{what}: name {name!r} must be letters, digits, '.', '_', '+' or '-' (it names a "
+            "folder of the results)"
+        )
+    return name
+
+
+def _list_of_tables(raw: dict[str, Any], key: str, default: list, where: str) -> list[dict]:
+    value = raw.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise AekitError(f"{where}: {key} must be a list of tables ([[{key}]])")
+    return value
 
 
 def suite_from_dict(raw: dict[str, Any], where: str = "suite") -> Suite:
     _check_fields(raw, TOP_LEVEL, where)
-    name = str(raw.get("name") or Path(where).stem)
+    name = _plain(raw.get("name") or Path(where).stem, f"{where}: the suite")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise AekitError(f"{where}: seeds must be a non-empty list of integers")
@@ -259,12 +293,12 @@ def suite_from_dict(raw: dict[str, Any], where: str = "suite") -> Suite:
         elif kind == "image":
             allowed = {f.name for f in dataclasses.fields(DataConfig)} - {"offset", "divisor"}
             _check_fields(values, allowed, f"{where}: [data.{data_name}]")
-            DataConfig(**values)  # bad values are reported here, before anything runs
+            DataConfig.from_dict(values)  # bad values are reported here, before anything runs
         else:
             raise AekitError(
                 f"{where}: [data.{data_name}] kind must be image or {SAE_DATA} (got {kind!r})"
             )
-        data[data_name] = DataSpec(data_name, kind, values)
+        data[data_name] = DataSpec(_plain(data_name, f"{where}: [data]"), kind, values)
     if not data:
         raise AekitError(f"{where}: no [data.NAME] sections")
 
@@ -278,28 +312,35 @@ def suite_from_dict(raw: dict[str, Any], where: str = "suite") -> Suite:
             raise AekitError(
                 f"{where}: [models.{model_name}] unknown recipe {recipe!r} (see `aekit models`)"
             )
-        model_train = _train_fields(
-            dict(values.pop("train", {})), f"{where}: [models.{model_name}.train]"
-        )
+        model_train = values.pop("train", {})
+        if not isinstance(model_train, dict):
+            raise AekitError(f"{where}: [models.{model_name}.train] must be a table")
+        model_train = _train_fields(dict(model_train), f"{where}: [models.{model_name}.train]")
         only = values.pop("data", None)
         if only is not None:
-            only = (only,) if isinstance(only, str) else tuple(only)
+            only = (only,) if isinstance(only, str) else only
+            if not isinstance(only, list | tuple) or not all(isinstance(d, str) for d in only):
+                raise AekitError(f"{where}: [models.{model_name}] data is a name or a list")
+            only = tuple(only)
             missing = [d for d in only if d not in data]
             if missing:
                 raise AekitError(
                     f"{where}: [models.{model_name}] names unknown data {', '.join(missing)}"
                 )
+        model_name = _plain(model_name, f"{where}: [models]")
         models[model_name] = ModelSpec(model_name, recipe, values, model_train, only)
     if not models:
         raise AekitError(f"{where}: no [models.NAME] sections")
 
     budgets: dict[str, dict[str, Any]] = {}
-    for i, budget in enumerate(raw.get("budgets", [{"name": "default"}])):
+    for i, budget in enumerate(_list_of_tables(raw, "budgets", [{"name": "default"}], where)):
         budget = dict(budget)
-        budget_name = str(budget.pop("name", f"budget{i}"))
+        budget_name = _plain(budget.pop("name", f"budget{i}"), f"{where}: budget")
         budgets[budget_name] = _train_fields(budget, f"{where}: budget {budget_name}")
 
-    expectations = [_expectation(e, where, models, data) for e in raw.get("expect", [])]
+    expectations = [
+        _expectation(e, where, models, data) for e in _list_of_tables(raw, "expect", [], where)
+    ]
     suite = Suite(
         name, str(raw.get("description", "")), seeds, data, models, budgets, train, evaluation,
         expectations, where,

@@ -14,37 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from aekit.compress.baselines import pil_image, to_uint8
+from aekit.data.arrays import read_npy
+from aekit.data.images import image_pixels, open_image
 from aekit.errors import AekitError
 from aekit.io import atomic_path
 
 
 def _read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     c, h, w = shape
     if c not in (1, 3):
         raise AekitError(
             f"{path}: image files give 1 or 3 channels; the model takes {c} (pass a .npy array)"
         )
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if image.size != (w, h):
                 raise AekitError(
                     f"{path}: the image is {image.size[0]}×{image.size[1]} pixels; the model "
                     f"takes {w}×{h}"
                 )
-            pixels = np.asarray(image.convert("L" if c == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise AekitError(f"{path}: not a readable image ({e})") from None
+            pixels = image_pixels(image, grey=c == 1)
+    except (OSError, ValueError) as e:  # decoding fails only when the pixels are read
+        raise AekitError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
     pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
     return pixels[None].astype(np.float32) / 255
 
 
 def _read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise AekitError(f"{path}: not a readable .npy array ({e})") from None
+    x = read_npy(path)
     c, h, w = shape
     if c == 1 and x.shape == (h, w):
         x = x[None, None]

@@ -8,16 +8,17 @@ import logging
 import os
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from aekit.data.arrays import read_npy, read_npz
 from aekit.data.config import BUILTIN_SOURCES, DataConfig
 from aekit.data.download import cache_dir, download_dataset
 from aekit.data.idx import read_idx
+from aekit.data.images import image_pixels, is_grey, open_image
 from aekit.data.tabular import fit_standardization
 from aekit.data.tensor_data import Splits, TensorData
 from aekit.data.validate import check_array, check_labels
@@ -264,35 +265,25 @@ def _image_layout(x: np.ndarray) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> _Raw:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise AekitError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
-    if not isinstance(x, np.ndarray):
-        x.close()
+    if zipfile.is_zipfile(path):
         raise AekitError(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
-    return _Raw(_image_layout(x), None, str(path))
+    return _Raw(_image_layout(read_npy(path)), None, str(path))
 
 
 def _read_npz(path: Path) -> _Raw:
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if isinstance(archive, np.ndarray):  # a .npy under another name: take it as is
-            return _Raw(_image_layout(archive), None, str(path))
-        with archive:
-            keys = list(archive.files)
-            x_key = keys[0] if len(keys) == 1 else next((k for k in NPZ_X_KEYS if k in keys), None)
-            if x_key is None:
-                raise AekitError(
-                    f"{path}: no array named {', '.join(NPZ_X_KEYS)} "
-                    f"(it holds: {', '.join(keys) or 'nothing'})"
-                )
-            y_key = next((k for k in NPZ_Y_KEYS if k in keys and k != x_key), None)
-            x = archive[x_key]
-            y = archive[y_key] if y_key is not None else None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise AekitError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
-    return _Raw(_image_layout(x), y, str(path))
+    if not zipfile.is_zipfile(path):  # a .npy under another name: take it as is
+        return _Raw(_image_layout(read_npy(path)), None, str(path))
+    archive = read_npz(path)
+    keys = list(archive)
+    x_key = keys[0] if len(keys) == 1 else next((k for k in NPZ_X_KEYS if k in keys), None)
+    if x_key is None:
+        raise AekitError(
+            f"{path}: no array named {', '.join(NPZ_X_KEYS)} "
+            f"(it holds: {', '.join(keys) or 'nothing'})"
+        )
+    y_key = next((k for k in NPZ_Y_KEYS if k in keys and k != x_key), None)
+    y = archive[y_key] if y_key is not None else None
+    return _Raw(_image_layout(archive[x_key]), y, str(path))
 
 
 def _read_mat(path: Path) -> _Raw:
@@ -408,10 +399,7 @@ def _read_label_file(name: str) -> np.ndarray:
         raise AekitError(f"labels file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise AekitError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
+        return read_npy(path)
     if suffix not in (".csv", ".txt"):
         raise AekitError(f"{path}: labels must be a .npy, .csv or .txt file")
     try:
@@ -474,7 +462,7 @@ def _load_images(
     first_size = None
     for path in files:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 if size is None:
                     if first_size is None:
                         first_size = image.size
@@ -484,13 +472,15 @@ def _load_images(
                             f"{files[0].name} ({first_size[1]}x{first_size[0]}, HxW); "
                             "set image_size to resize"
                         )
-                grey = grayscale if grayscale is not None else image.mode in ("L", "LA", "1")
-                image = image.convert("L" if grey else "RGB")
-                if size is not None and image.size != (size[1], size[0]):
-                    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                pixels.append(np.asarray(image))
+                grey = grayscale if grayscale is not None else is_grey(image)
+                array = image_pixels(image, grey)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise AekitError(f"{path}: unreadable image ({_one_line(e)})") from None
+        if size is not None and array.shape[:2] != tuple(size):
+            array = np.asarray(
+                Image.fromarray(array).resize(tuple(size)[::-1], Image.Resampling.BILINEAR)
+            )
+        pixels.append(array)
 
     if grayscale is None:  # grey if every image is, including RGB files with equal channels
         grayscale = all(

@@ -3,11 +3,20 @@ the body (encoder/decoder networks), bottleneck, likelihood, corruption and obje
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aekit.bottlenecks import BOTTLENECKS
-from aekit.components import Dims, Registry, make_options, options_class, options_to_dict
+from aekit.components import (
+    Dims,
+    Registry,
+    fits,
+    make_options,
+    options_class,
+    options_to_dict,
+    type_name,
+)
 from aekit.corruption import CORRUPTIONS
 from aekit.errors import AekitError
 from aekit.likelihoods import LIKELIHOODS
@@ -124,6 +133,12 @@ class ModelConfig:
             unknown = set(d) - known
             if unknown:
                 raise AekitError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
+            hints = typing.get_type_hints(cls)
+            for name, value in d.items():
+                if not fits(value, hints[name]):
+                    raise AekitError(
+                        f"model config: {name} must be {type_name(hints[name])} (got {value!r})"
+                    )
             return cls(**d, **slots)
         except (KeyError, TypeError) as e:
             raise AekitError(f"model config is incomplete or malformed ({e})") from None

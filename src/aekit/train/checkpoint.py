@@ -47,6 +47,15 @@ def save_weights(path: str | Path, model: nn.Module) -> None:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    check_state(model, state, path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # a dtype or layout the checks did not foresee
+        raise AekitError(f"{path} does not fit this model ({' '.join(str(e).split())})") from None
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse, naming the tensor, weights that do not fit `model` or are damaged."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -54,13 +63,17 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
         raise AekitError(
             f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    parameters = {name for name, _ in model.named_parameters()}
     for key, value in state.items():
         if own[key].shape != value.shape:
             raise AekitError(
                 f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the model expects "
                 f"{tuple(own[key].shape)}"
             )
-    model.load_state_dict(state)
+        # Training never saves a non-finite parameter, so one here is damage (buffers may
+        # hold infinities on purpose: thresholds not yet seen, running minima).
+        if key in parameters and value.is_floating_point() and not value.isfinite().all():
+            raise AekitError(f"{path}: parameter {key!r} holds NaN or infinite values")
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -183,7 +196,27 @@ def read_config(run: str | Path) -> dict[str, Any]:
     )
     if not fits:
         raise AekitError(f"{run / CONFIG}: the model section does not describe a {kind} run")
+    check_sections(config, run / CONFIG)
     return config
+
+
+def check_sections(config: dict[str, Any], path: Path) -> None:
+    """Refuse a hand-edited section (a string where an int belongs, a null where a mapping
+    does) when the file is read, naming the section, not deep inside a command."""
+    from aekit.data import DataConfig
+    from aekit.data.activations.source import ActivationSource
+    from aekit.train.config import TrainConfig
+
+    sections = {"train": TrainConfig, "data": DataConfig, "activations": ActivationSource}
+    for name, cls in sections.items():
+        values = config.get(name)
+        if name == "train" and values is None and name in config:
+            raise AekitError(f"{path}: the train section is null")
+        if values is not None:
+            try:
+                cls.from_dict(values)
+            except AekitError as e:
+                raise AekitError(f"{path}: the {name} section: {e}") from None
 
 
 def build_autoencoder(model: dict[str, Any], encoder=None, decoder=None) -> nn.Module:

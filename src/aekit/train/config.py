@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aekit.components import SavedConfig
@@ -56,16 +57,22 @@ class TrainConfig(SavedConfig):
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size")
         for name in positive:
-            if getattr(self, name) < 1:
+            if not getattr(self, name) >= 1:
                 raise AekitError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if not self.lr > 0:
-            raise AekitError(f"lr must be positive (got {self.lr})")
+        if not 0 < self.lr < math.inf:
+            raise AekitError(f"lr must be positive and finite (got {self.lr})")
+        for name in ("weight_decay", "grad_clip", "min_lr_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                raise AekitError(f"{name} must be finite (got {getattr(self, name)})")
         for name in (
             "weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio", "nll_k",
             "log_every", "checkpoint_every",
         ):  # fmt: skip
-            if getattr(self, name) < 0:
+            # `not >= 0` also refuses NaN, which `< 0` lets through.
+            if not getattr(self, name) >= 0:
                 raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")
+        if not 0 <= self.seed < 2**63:
+            raise AekitError(f"seed must be in [0, 2**63) (got {self.seed})")
         if self.optimizer not in ("adam", "adamw"):
             raise AekitError(f"optimizer must be adam or adamw (got {self.optimizer!r})")
         if self.schedule not in ("constant", "cosine"):

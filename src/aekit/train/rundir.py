@@ -69,6 +69,7 @@ def writer_lock(folder: str | Path, what: str = "run directory") -> Iterator[Pat
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AekitError(f"{folder} is a file, not a folder for a {what}")
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -95,6 +96,9 @@ def writer_lock(folder: str | Path, what: str = "run directory") -> Iterator[Pat
         with contextlib.suppress(OSError):
             (folder / LOCK).unlink()
         os.close(fd)
+        if created:  # a command refused before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _acquire(path: Path, what: str) -> int:

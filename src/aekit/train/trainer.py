@@ -176,7 +176,9 @@ class Trainer:
         self.state = TrainerState(**saved)
         self.checkpointed = (self.state.epoch, self.state.step)
         if (self.run_dir / ckpt.WEIGHTS).is_file() and self.state.best_epoch is not None:
-            self.best_state = ckpt.read_model_weights(self.run_dir / ckpt.WEIGHTS, self.model)
+            path = self.run_dir / ckpt.WEIGHTS
+            self.best_state = ckpt.read_model_weights(path, self.model)
+            ckpt.check_state(self.model, self.best_state, path)
         # Epochs after the checkpoint (a crash between metrics and checkpoint) are redone.
         self.history = [
             r for r in read_jsonl(self.run_dir / ckpt.METRICS) if r["epoch"] <= self.state.epoch

@@ -5,6 +5,7 @@ package) or a Hub name (downloaded when there is a network)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -102,7 +103,9 @@ def _model_class(config: Any) -> Any:
     return AutoModel
 
 
-def load_model(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, str]:
+def load_model(
+    name_or_path: str | os.PathLike, *, trust_remote_code: bool = False
+) -> tuple[nn.Module, Any, str]:
     """(model, tokenizer, source): a transformers model in eval mode with gradients off,
     its tokenizer, and where they came from. The model is `AutoModel`, or
     `AutoModelForCausalLM` for a checkpoint saved as a causal LM (GPT-2: sites are then
@@ -124,12 +127,20 @@ def load_model(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, str]:
                 f"{source} has no config.json: save the model there with save_pretrained"
             )
         where, offline = str(source), True
+        if not trust_remote_code and ships_code(source):
+            raise AekitError(
+                f"{source} ships its own Python code (auto_map in config.json), which "
+                "transformers would run; pass --trust-remote-code if you trust it"
+            )
     else:
         where, offline = name, _offline() or not _hub_reachable()
+    # Explicit, never None: with None transformers asks on a terminal whether to run the
+    # folder's code, and `echo y |` answers for the user.
+    options = {"local_files_only": offline, "trust_remote_code": trust_remote_code}
     try:
-        model_class = _model_class(AutoConfig.from_pretrained(where, local_files_only=offline))
+        model_class = _model_class(AutoConfig.from_pretrained(where, **options))
         with _quiet_transformers():
-            model = model_class.from_pretrained(where, local_files_only=offline)
+            model = model_class.from_pretrained(where, **options)
     except Exception as e:  # many failure modes (I/O, HTTP, config); all mean "not loadable"
         if source is not None:
             raise AekitError(f"cannot load the model in {source} ({_one_line(e)})") from None
@@ -144,7 +155,7 @@ def load_model(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, str]:
             f"{_HOW_TO_PROVIDE}"
         ) from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(where, **options)
     except Exception as e:
         raise AekitError(
             f"cannot load the tokenizer of {where} ({_one_line(e)}); save it next to the model "
@@ -169,6 +180,15 @@ class SourceModel:
         if out is None:
             out = self.model.get_input_embeddings()
         return None if out is None else out.weight.detach()
+
+
+def ships_code(folder: Path) -> bool:
+    """Whether a saved model's config names classes in Python files of its own."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # transformers then fails to read it and says why
+    return isinstance(config, dict) and bool(config.get("auto_map"))
 
 
 def load_source_model(name: str | None, device: Any = "cpu") -> SourceModel | str:

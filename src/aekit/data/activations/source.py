@@ -52,6 +52,15 @@ class ActivationSource(SavedConfig):
     """Streaming: tokens per context."""
     max_rows: int | None = None
     """Streaming: stop after this many training activations (default: all the texts give)."""
+    trust_remote_code: bool = False
+    """Streaming: let transformers run Python code shipped with the model (never saved in
+    the run: a resumed run asks for it again)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        # Running a folder's code is the user's decision on each command, never a file's.
+        values = super().to_dict()
+        del values["trust_remote_code"]
+        return values
 
     def __post_init__(self) -> None:
         if (self.activations is None) == (self.model is None):
@@ -164,7 +173,7 @@ def _open_store(source: ActivationSource, seed: int, group: bool) -> OpenedSourc
 
 
 def _open_stream(source: ActivationSource, seed: int, group: bool) -> OpenedSource:
-    model, tokenizer, name = load_model(source.model)
+    model, tokenizer, name = load_model(source.model, trust_remote_code=source.trust_remote_code)
     sites = []
     for spec in requested_sites(source, group) or []:
         found = resolve_sites(model, [spec])
