@@ -33,6 +33,9 @@ class Prior(nn.Module, ABC):
     """Whether `log_prob` is defined (needed for KL terms and likelihood estimates)."""
     full_support = True
     """Whether the density is positive everywhere, so a Gaussian posterior has a finite KL."""
+    runs_encoder = False
+    """Whether the prior runs the model's encoder on inputs of its own (the VampPrior's
+    pseudo-inputs), which have no condition: a conditional encoder cannot serve it."""
 
     def __init__(self, dims: Dims, components: int = 0) -> None:
         super().__init__()
@@ -182,6 +185,8 @@ class VampPrior(Prior):
 
     The prior runs the encoder, so the model attaches its posterior function after
     construction (`attach`); the encoder's weights are not registered twice."""
+
+    runs_encoder = True
 
     def __init__(self, dims: Dims, components: int = 0) -> None:
         super().__init__(dims, components)

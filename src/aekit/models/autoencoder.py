@@ -85,6 +85,13 @@ class Autoencoder(nn.Module):
         self.latent_density = None
         """A density fitted on training codes (`aekit.latent_density`), to sample models that
         learn no prior."""
+        prior = getattr(bottleneck, "prior", None)
+        if config.condition_width and getattr(prior, "runs_encoder", False):
+            raise AekitError(
+                f"the {prior.kind!r} prior runs the encoder on its own pseudo-inputs, which "
+                f"have no condition; the conditional {config.recipe!r} model's encoder needs "
+                "one (choose another --prior)"
+            )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
         if config.output_shape is not None and not objective.paired_targets:
