@@ -111,7 +111,7 @@ class Objective(ABC):
                 "has none"
             )
         if self.needs_prior and bottleneck.prior_to_match is None:
-            raise AekitError(f"{kind} matches the codes to draws of a fixed prior; {prior_hint(b)}")
+            raise AekitError(f"{kind} matches the codes to a prior; {prior_hint(b)}")
 
     @property
     def samples(self) -> int:
