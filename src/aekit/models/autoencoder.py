@@ -144,6 +144,17 @@ class Autoencoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the weights (float64 after `model.double()`)."""
+        return next(self.parameters()).dtype
+
+    def batch_to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device; floating values in the model's dtype (data sources
+        give float32, a model may be float64). Integer batches keep their type, so that
+        `check_input` still refuses them by name."""
+        return x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+
     def check_data(self, data: Any) -> None:
         """Whether a data source fits the model: example shape, labels or paired targets, and
         the likelihood's support (checked on in-memory data)."""
@@ -223,9 +234,10 @@ class Autoencoder(nn.Module):
                     f"label {int(c[bad][0])} is outside the trained range "
                     f"0..{cfg.condition_classes - 1}"
                 )
-            c = F.one_hot(c, cfg.condition_classes).float()
+            c = F.one_hot(c, cfg.condition_classes).to(self.dtype)
         else:
-            c = c.float().reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1).float()
+            c = c.to(self.dtype)
+            c = c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1)
             if c.shape[1] != cfg.condition_dim:
                 raise AekitError(
                     f"the condition has width {c.shape[1]}; this model was trained on "

@@ -1,0 +1,56 @@
+"""Models off the common path: float64 weights, evaluation that fails half-way, labels and
+data sizes a model cannot take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aekit
+from aekit.eval.likelihood import importance_sampled_nll
+from aekit.eval.metrics import evaluate
+
+
+def binary_rows(n: int = 10, d: int = 6) -> aekit.TensorData:
+    return aekit.TensorData(torch.rand(n, d).round())
+
+
+def test_a_float64_model_is_evaluated_on_float32_data():
+    model = aekit.build("vae", (6,), 3, hidden=(8,)).double()
+    data = binary_rows()
+    metrics = evaluate(model, data, batch_size=4, detailed=True, nll_k=3)
+    assert metrics["marginal_nll_k"] == 3 and metrics["elbo"] < 0
+    assert importance_sampled_nll(model, data, k=4)["marginal_nll"] > 0
+    cvae = aekit.build("cvae", (6,), 3, hidden=(8,), condition_classes=2).double()
+    labelled = aekit.TensorData(data.x, torch.arange(10) % 2)
+    assert evaluate(cvae, labelled, batch_size=4, nll_k=2)["elbo"] < 0
+    sae = aekit.build("sae-topk", (6,), 12, k=2).double()
+    assert "fvu" in evaluate(sae, aekit.TensorData(torch.randn(16, 6)), batch_size=8)
+
+
+class FailingData:
+    """Rows whose second batch cannot be read."""
+
+    name, shape = "failing", (6,)
+
+    def __len__(self):
+        return 8
+
+    def batches(self, batch_size, **_):
+        yield aekit.data.tensor_data.Batch(torch.rand(4, 6).round(), None)
+        raise OSError("disk gone")
+
+
+@pytest.mark.parametrize(
+    "name, options", [("vae", {"latent_dim": 4, "hidden": (8,)}), ("sae-topk", {"k": 2})]
+)
+def test_evaluation_that_fails_restores_the_training_mode(name, options):
+    model = aekit.build(name, (6,), **options)
+    model.train()
+    with pytest.raises(OSError, match="disk gone"):
+        evaluate(model, FailingData(), batch_size=4)
+    assert model.training
+    if name == "vae":
+        with pytest.raises(OSError, match="disk gone"):
+            importance_sampled_nll(model, FailingData(), k=2)
+        assert model.training
