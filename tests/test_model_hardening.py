@@ -54,3 +54,33 @@ def test_evaluation_that_fails_restores_the_training_mode(name, options):
         with pytest.raises(OSError, match="disk gone"):
             importance_sampled_nll(model, FailingData(), k=2)
         assert model.training
+
+
+@pytest.mark.parametrize("prior", ["normal", "uniform", "ring", "mixture"])
+@pytest.mark.parametrize("objective", ["wae-mmd", "swae"])
+def test_matching_objectives_draw_the_prior_in_the_codes_dtype_where_they_are(
+    prior, objective, monkeypatch
+):
+    model = aekit.build(objective, (6,), 3, hidden=(8,), prior=prior).double()
+    prior_module = model.bottleneck.prior
+    # The draws are made where the codes are: nothing is drawn on the CPU and copied (the
+    # kernel scale's seeded draws, made once, are not a training step's).
+    sample = prior_module.sample
+
+    def seeded_only(n, generator=None):
+        assert generator is not None, "a training step's draws went through sample()"
+        return sample(n, generator)
+
+    monkeypatch.setattr(prior_module, "sample", seeded_only)
+    seen = []
+    divergence = model.objective.divergence
+    monkeypatch.setattr(
+        model.objective, "divergence", lambda z, p, q: seen.append(p) or divergence(z, p, q)
+    )
+    out = model.train()(torch.rand(5, 6, dtype=torch.float64).round(), step=0)
+    model.backward(out)
+    assert seen[0].dtype == torch.float64 and seen[0].shape == (5, 3)
+    assert out.loss.dtype == torch.float64
+    codes = torch.zeros(7, 3, dtype=torch.float64, device="meta")
+    draws = prior_module.sample_like(codes)
+    assert draws.device.type == "meta" and draws.dtype == torch.float64
