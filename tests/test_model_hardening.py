@@ -84,3 +84,32 @@ def test_matching_objectives_draw_the_prior_in_the_codes_dtype_where_they_are(
     codes = torch.zeros(7, 3, dtype=torch.float64, device="meta")
     draws = prior_module.sample_like(codes)
     assert draws.device.type == "meta" and draws.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "label, shown",
+    [(10**9, "1000000000"), (-1, "-1"), (10**20, str(10**20)), (3, "3"), (1e9, "1000000000")],
+)
+def test_a_label_out_of_range_names_the_label_and_the_classes(label, shown):
+    model = aekit.build("cvae", (6,), 2, hidden=(8,), condition_classes=3)
+    x = torch.rand(4, 6).round()
+    message = f"label {shown} is outside .*0..2 .*3 classes"
+    with pytest.raises(aekit.AekitError, match=message):
+        model(x, condition=label)
+    with pytest.raises(aekit.AekitError, match=message):
+        model.sample(2, condition=label)
+    if abs(label) < 2**62:
+        with pytest.raises(aekit.AekitError, match=message):
+            model.encode(x, torch.tensor([0, 1, 2, label]))
+
+
+@pytest.mark.parametrize("label", [10**9, -1])
+def test_training_labels_out_of_range_are_refused_before_a_model_is_built(label):
+    from aekit.data.config import DataConfig
+    from aekit.data.tensor_data import Splits
+
+    y = torch.arange(10) % 3
+    y[4] = label
+    splits = Splits(aekit.TensorData(torch.rand(10, 6), y), None, None, DataConfig())
+    with pytest.raises(aekit.AekitError, match=f"label {label} in the train split"):
+        splits.label_classes()

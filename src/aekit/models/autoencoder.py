@@ -57,6 +57,15 @@ Condition = torch.Tensor | int | None
 """Labels (int or (B,) integers) for label-conditioned models, (B, d) vectors otherwise."""
 
 
+def label_error(label: float, classes: int) -> str:
+    if isinstance(label, float) and label.is_integer() and abs(label) < 2**53:
+        label = int(label)
+    return (
+        f"label {label} is outside the trained range 0..{classes - 1} (the model knows "
+        f"{classes} classes)"
+    )
+
+
 class Autoencoder(nn.Module):
     """Inference (`encode`, `decode`, `reconstruct`, `sample`) is kept apart from the training
     objective (`forward`): encoding gives the posterior mean and pays for no loss."""
@@ -223,18 +232,26 @@ class Autoencoder(nn.Module):
                 else (f"vectors of width {cfg.condition_dim}")
             )
             raise AekitError(f"this model is conditional: pass a condition ({what})")
-        c = torch.as_tensor(condition, device=self.device)
-        if cfg.condition_classes:
+        classes = cfg.condition_classes
+        try:
+            c = torch.as_tensor(condition, device=self.device)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            if classes and isinstance(condition, int):  # beyond int64
+                raise AekitError(label_error(condition, classes)) from None
+            raise AekitError(
+                f"the condition must be labels or vectors of numbers (got {condition!r:.60})"
+            ) from None
+        if classes:
+            if c.dtype == torch.bool or c.is_complex():
+                raise AekitError(f"label conditions must be integers (got {c.dtype})")
             if c.is_floating_point() and not bool((c == c.round()).all()):
                 raise AekitError("label conditions must be integers")
-            c = c.long().reshape(-1)
-            bad = (c < 0) | (c >= cfg.condition_classes)
+            c = c.reshape(-1)
+            # Compared before the cast: a float label beyond int64 would wrap around.
+            bad = (c < 0) | (c >= classes)
             if bool(bad.any()):
-                raise AekitError(
-                    f"label {int(c[bad][0])} is outside the trained range "
-                    f"0..{cfg.condition_classes - 1}"
-                )
-            c = F.one_hot(c, cfg.condition_classes).to(self.dtype)
+                raise AekitError(label_error(c[bad][0].item(), classes))
+            c = F.one_hot(c.long(), classes).to(self.dtype)
         else:
             c = c.to(self.dtype)
             c = c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1)
