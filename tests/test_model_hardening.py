@@ -113,3 +113,50 @@ def test_training_labels_out_of_range_are_refused_before_a_model_is_built(label)
     splits = Splits(aekit.TensorData(torch.rand(10, 6), y), None, None, DataConfig())
     with pytest.raises(aekit.AekitError, match=f"label {label} in the train split"):
         splits.label_classes()
+
+
+def test_a_layer_over_the_parameter_limit_is_refused_by_size():
+    from aekit.nets.base import MAX_LAYER_PARAMETERS, check_layer
+
+    check_layer(2**16, 2**15 - 1, "a wide layer")  # 2**31 - 2**16 + (2**15 - 1): allowed
+    with pytest.raises(aekit.AekitError, match="12,800,000,512 parameters"):
+        check_layer(25_000_000, 512, "the first layer")
+    assert MAX_LAYER_PARAMETERS == 2**31
+
+
+@pytest.fixture
+def no_huge_allocation(monkeypatch):
+    """Fail, instead of allocating, if a network over the limit is ever built."""
+    from torch import nn
+
+    import aekit.nets.dictionary as dictionary
+
+    linear, rows = nn.Linear.__init__, dictionary.random_rows
+
+    def guarded_linear(self, n_in, n_out, *args, **kwargs):
+        assert n_in * n_out <= 2**31, f"a {n_in} x {n_out} layer was allocated"
+        linear(self, n_in, n_out, *args, **kwargs)
+
+    def guarded_rows(n, d, norm):
+        assert n * d <= 2**31, f"a {n} x {d} dictionary was allocated"
+        return rows(n, d, norm)
+
+    monkeypatch.setattr(nn.Linear, "__init__", guarded_linear)
+    monkeypatch.setattr(dictionary, "random_rows", guarded_rows)
+
+
+@pytest.mark.parametrize(
+    "name, shape, options, message",
+    [
+        ("ae", (25_000_000,), {}, "layer 1 of the encoder .* 12,800,000,512 parameters"),
+        ("vae", (25_000_000,), {"body": "mlp", "hidden": (100,)}, "2,500,000,100 parameters"),
+        ("ae", (3, 3000, 3000), {}, "encoder's dense head"),
+        ("sae-topk", (70_000,), {"k": 4}, "the dictionary's decoder"),
+        ("vamp", (5_000_000,), {"hidden": (1,)}, "VampPrior's 500 pseudo-inputs"),
+    ],
+)
+def test_data_with_too_many_features_is_refused_before_the_network_is_allocated(
+    name, shape, options, message, no_huge_allocation
+):
+    with pytest.raises(aekit.AekitError, match=message):
+        aekit.build(name, shape, **options)

@@ -17,6 +17,7 @@ from torch import nn
 
 from aekit.components import Dims, Registry
 from aekit.errors import AekitError
+from aekit.nets.base import check_parameters
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -235,6 +236,8 @@ class VampPrior(DrawnPrior):
     def __init__(self, dims: Dims, components: int = 0) -> None:
         super().__init__(dims, components)
         k = components or 500
+        size = math.prod(dims.input_shape)
+        check_parameters(k * size, f"the VampPrior's {k:,} pseudo-inputs of {size:,} values")
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(k, *dims.input_shape))
         self._posterior: list[PosteriorFn] = []  # a list keeps it out of nn.Module's registry
 
