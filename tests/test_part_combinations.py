@@ -10,6 +10,12 @@ import torch
 
 import aekit
 from aekit.cli import main
+from aekit.data.tensor_data import Batch, TensorData
+from aekit.eval.metrics import evaluate
+from aekit.objectives import OBJECTIVES
+from aekit.priors import PRIORS
+from aekit.registry import RECIPES
+from conftest import recipe_setup
 from sae_fixtures import write_synthetic_store
 
 
@@ -81,3 +87,64 @@ def test_a_group_with_warm_ups_longer_than_its_run(tmp_path, store, capsys):
     config["kind"] = "autoencoder"
     (run / "config.json").write_text(json.dumps(config))
     assert "does not describe" in one_line_error(["train", "--resume", str(run)], capsys)
+
+
+class PairedRows:
+    """Rows with a paired target, as a transcoder's evaluation reads them."""
+
+    name, shape, target_shape = "paired", (6,), (5,)
+
+    def __init__(self, x, target):
+        self.x, self.target = x, target
+
+    def __len__(self):
+        return len(self.x)
+
+    def batches(self, batch_size, **_):
+        for i in range(0, len(self.x), batch_size):
+            yield Batch(self.x[i : i + batch_size], self.target[i : i + batch_size])
+
+
+def combinations():
+    for name in RECIPES:
+        for objective in (None, *OBJECTIVES.names()):
+            for prior in (None, *PRIORS.names()):
+                yield name, objective, prior
+
+
+def test_every_combination_is_refused_when_built_or_trains_and_evaluates():
+    shape, ran, failures = (6,), 0, []
+    for name, objective, prior in combinations():
+        options = recipe_setup(name, shape, 4)
+        options.update({k: v for k, v in (("objective", objective), ("prior", prior)) if v})
+        try:
+            model = aekit.build(name, shape, **options)
+        except aekit.AekitError as e:
+            assert "\n" not in str(e), (name, objective, prior, str(e))
+            continue
+        try:
+            x = torch.rand(8, *shape).round()
+            labels = torch.arange(8) % 3 if model.conditional else None
+            target = torch.rand(8, 5) if model.paired else None
+            model.train()
+            model.backward(model(x, step=0, condition=labels, target=target))
+            model.after_step()
+            evaluate(
+                model,
+                PairedRows(x, target) if model.paired else TensorData(x, labels),
+                batch_size=4,
+            )
+            ran += 1
+        except Exception as e:  # every failure is listed, then reported at once
+            failures.append(f"{name} objective={objective} prior={prior}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures)
+    assert ran > 100  # the refusals are not all there is
+
+
+def test_a_prior_or_objective_that_cannot_serve_the_other_part_is_refused_in_one_line():
+    for objective in ("wae-mmd", "swae"):
+        with pytest.raises(aekit.AekitError, match="'hierarchical' bottleneck") as e:
+            aekit.build("hvae", (6,), 4, hidden=(8,), objective=objective)
+        assert objective in str(e.value)
+    with pytest.raises(aekit.AekitError, match=r"'vamp' prior.*conditional 'cvae'"):
+        aekit.build("cvae", (6,), 4, hidden=(8,), prior="vamp", condition_classes=3)

@@ -136,6 +136,90 @@ def test_quantizer_dropout_trains_each_example_on_a_prefix_of_stages():
     assert q.kept_stages(v.shape[0], v.device).all()
 
 
+def residual_assignments(codebooks, v):
+    """Each stage's residuals and indices under fixed codebooks (one per stage), by brute
+    force: what the stages see in a step before any codebook changes."""
+    residuals, indices, r = [], [], v
+    for codebook in codebooks:
+        idx = ((r[:, None] - codebook[None]) ** 2).sum(-1).argmin(1)
+        residuals.append(r)
+        indices.append(idx)
+        r = r - codebook[idx]
+    return residuals, indices
+
+
+def ema_closed_form(count, total, vectors, idx, decay, eps):
+    """One EMA update from vectors assigned to idx: counts, sums, and the smoothed codes."""
+    k = count.shape[0]
+    count = decay * count + (1 - decay) * torch.bincount(idx, minlength=k).to(count)
+    sums = torch.zeros_like(total).index_add_(0, idx, vectors)
+    total = decay * total + (1 - decay) * sums
+    n = count.sum()
+    return count, total, total / ((count + eps) / (n + k * eps) * n).unsqueeze(1)
+
+
+def test_a_shared_ema_codebook_decays_once_per_step_on_the_pooled_stages():
+    q = quantizer("rvq", codebook_size=6, code_dim=2, stages=3, shared_codebook=True, ema=True)
+    q.train()
+    o, book = q.options, q.stages[0]
+    before = (book.embedding.clone(), book.ema_count.clone(), book.ema_sum.clone())
+    v = torch.randn(40, 2)
+    out = q.quantize(v)
+    residuals, indices = residual_assignments([before[0]] * 3, v)
+    assert torch.equal(out.indices, torch.stack(indices, 1))  # all stages saw the same book
+    count, total, codes = ema_closed_form(
+        before[1], before[2], torch.cat(residuals), torch.cat(indices), o.ema_decay, o.ema_epsilon
+    )
+    assert torch.allclose(book.ema_count, count, atol=1e-6)
+    assert torch.allclose(book.ema_sum, total, atol=1e-5)
+    assert torch.allclose(book.embedding, codes, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_stages_dropped_by_quantizer_dropout_leave_the_codebook_statistics_alone(
+    shared, monkeypatch
+):
+    q = quantizer(
+        "rvq", codebook_size=6, code_dim=2, stages=3, shared_codebook=shared, ema=True,
+        restart=True, quantizer_dropout=1.0,
+    )  # fmt: skip
+    q.train()
+    n = 30
+    # Rows 0..9 use one stage, 10..19 two, and no row the third.
+    keep = torch.ones(n, 3)
+    keep[:10, 1:] = 0
+    keep[:, 2] = 0
+    monkeypatch.setattr(q, "kept_stages", lambda rows, device: keep)
+    books = [q.stage(s) for s in range(3)]
+    before = [
+        {name: getattr(b, name).clone() for name in ("embedding", "ema_count", "ema_sum", "usage")}
+        for b in books
+    ]
+    v = torch.randn(n, 2)
+    residuals, indices = residual_assignments([b["embedding"] for b in before], v)
+    kept = [keep[:, s].bool() for s in range(3)]
+    o = q.options
+    if shared:
+        vectors = torch.cat([r[m] for r, m in zip(residuals, kept, strict=True)])
+        idx = torch.cat([i[m] for i, m in zip(indices, kept, strict=True)])
+        expected = {0: (vectors, idx)}
+    else:
+        expected = {s: (residuals[s][kept[s]], indices[s][kept[s]]) for s in range(2)}
+    q.quantize(v)
+    for s, (vectors, idx) in expected.items():
+        book, old = books[s], before[s]
+        count, _, _ = ema_closed_form(
+            old["ema_count"], old["ema_sum"], vectors, idx, o.ema_decay, o.ema_epsilon
+        )
+        assert torch.allclose(book.ema_count, count, atol=1e-6)
+        share = torch.bincount(idx, minlength=6).float() / len(idx)
+        usage = o.restart_decay * old["usage"] + (1 - o.restart_decay) * share
+        assert torch.allclose(book.usage, usage, atol=1e-6)
+    if not shared:  # the stage no row used: nothing moves
+        for name, value in before[2].items():
+            assert torch.equal(getattr(books[2], name), value), name
+
+
 def test_product_vq_codes_each_group_with_its_own_codebook():
     q = quantizer("pvq", codebook_size=5, code_dim=6, groups=3)
     x = torch.randn(30, 6)

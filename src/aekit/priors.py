@@ -17,6 +17,7 @@ from torch import nn
 
 from aekit.components import Dims, Registry
 from aekit.errors import AekitError
+from aekit.nets.base import check_parameters
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -33,6 +34,9 @@ class Prior(nn.Module, ABC):
     """Whether `log_prob` is defined (needed for KL terms and likelihood estimates)."""
     full_support = True
     """Whether the density is positive everywhere, so a Gaussian posterior has a finite KL."""
+    runs_encoder = False
+    """Whether the prior runs the model's encoder on inputs of its own (the VampPrior's
+    pseudo-inputs), which have no condition: a conditional encoder cannot serve it."""
 
     def __init__(self, dims: Dims, components: int = 0) -> None:
         super().__init__()
@@ -42,6 +46,12 @@ class Prior(nn.Module, ABC):
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, (n, latent_dim), on the prior's device."""
+
+    def sample_like(self, z: torch.Tensor) -> torch.Tensor:
+        """As many draws as `z` has rows, on z's device and in its dtype: what a matching
+        objective compares a batch of codes with. This fallback (priors known only by
+        `sample`) moves the draws there."""
+        return self.sample(z.shape[0]).to(z)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) over the last dimension of z (..., latent_dim)."""
@@ -65,20 +75,60 @@ class Prior(nn.Module, ABC):
         return self._variance
 
 
+class DrawnPrior(Prior):
+    """A prior drawn with torch's samplers, on any device in any dtype (`draw`): a training
+    step's draws are made where the codes are, not on the CPU and copied."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.draw(n, generator, self.device, torch.float32)
+
+    def sample_like(self, z: torch.Tensor) -> torch.Tensor:
+        return self.draw(z.shape[0], None, z.device, z.dtype)
+
+    @abstractmethod
+    def draw(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """n draws (n, latent_dim) on `device` in `dtype`."""
+
+
 PRIORS: Registry[Prior] = Registry("prior")
 
 
-def _normal(n: int, d: int, generator: torch.Generator | None, device: torch.device):
-    # Drawn on the CPU so that a seeded CPU generator gives the same draws on any device.
-    return torch.randn(n, d, generator=generator).to(device)
+def _normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    # A seeded generator draws on the CPU, so that it gives the same draws on any device.
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+def _uniform(shape, generator, device, dtype) -> torch.Tensor:
+    if generator is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, dtype=dtype).to(device)
+
+
+def _randint(high: int, n: int, generator, device) -> torch.Tensor:
+    if generator is None:
+        return torch.randint(high, (n,), device=device)
+    return torch.randint(high, (n,), generator=generator).to(device)
 
 
 @PRIORS.register("normal")
-class StandardNormal(Prior):
+class StandardNormal(DrawnPrior):
     """N(0, I)."""
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return _normal(n, self.latent_dim, generator, self.device)
+    def draw(self, n, generator, device, dtype) -> torch.Tensor:
+        return _normal((n, self.latent_dim), generator, device, dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
@@ -88,14 +138,13 @@ class StandardNormal(Prior):
 
 
 @PRIORS.register("uniform")
-class Uniform(Prior):
+class Uniform(DrawnPrior):
     """Uniform on the cube [-1, 1]^D."""
 
     full_support = False
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand(n, self.latent_dim, generator=generator).to(self.device)
-        return 2 * u - 1
+    def draw(self, n, generator, device, dtype) -> torch.Tensor:
+        return 2 * _uniform((n, self.latent_dim), generator, device, dtype) - 1
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         inside = (z.abs() <= 1).all(-1)
@@ -110,21 +159,21 @@ RING_WIDTH = 0.05
 
 
 @PRIORS.register("ring")
-class Ring(Prior):
+class Ring(DrawnPrior):
     """A thin shell around the unit sphere: uniform direction, radius N(1, 0.05^2).
     In two dimensions this is the ring/circle of the SWAE paper."""
 
     has_density = False
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        direction = _normal(n, self.latent_dim, generator, self.device)
+    def draw(self, n, generator, device, dtype) -> torch.Tensor:
+        direction = _normal((n, self.latent_dim), generator, device, dtype)
         direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        radius = 1 + RING_WIDTH * _normal(n, 1, generator, self.device)
+        radius = 1 + RING_WIDTH * _normal((n, 1), generator, device, dtype)
         return direction * radius
 
 
 @PRIORS.register("mixture")
-class GaussianMixture(Prior):
+class GaussianMixture(DrawnPrior):
     """A fixed mixture of `components` (default 10) equally weighted Gaussians with means on a
     circle of radius 2 in the first two latent dimensions and standard deviation 0.25: the
     clustered target of the SWAE and WAE demonstrations."""
@@ -141,11 +190,10 @@ class GaussianMixture(Prior):
             means[:, 1] = self.radius * torch.sin(angles)
         self.register_buffer("means", means, persistent=False)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        k = self.means.shape[0]
-        which = torch.randint(k, (n,), generator=generator).to(self.device)
-        noise = _normal(n, self.latent_dim, generator, self.device)
-        return self.means[which] + self.scale * noise
+    def draw(self, n, generator, device, dtype) -> torch.Tensor:
+        which = _randint(self.means.shape[0], n, generator, device)
+        noise = _normal((n, self.latent_dim), generator, device, dtype)
+        return self.means.to(device, dtype)[which] + self.scale * noise
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         logvar = torch.full_like(self.means, 2 * math.log(self.scale))
@@ -175,7 +223,7 @@ PosteriorFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @PRIORS.register("vamp")
-class VampPrior(Prior):
+class VampPrior(DrawnPrior):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), a mixture of the
     variational posteriors at K learned pseudo-inputs u_k (default K = 500, initialised
     N(0.05, 0.01^2) as in the paper's binary-image experiments).
@@ -183,9 +231,13 @@ class VampPrior(Prior):
     The prior runs the encoder, so the model attaches its posterior function after
     construction (`attach`); the encoder's weights are not registered twice."""
 
+    runs_encoder = True
+
     def __init__(self, dims: Dims, components: int = 0) -> None:
         super().__init__(dims, components)
         k = components or 500
+        size = math.prod(dims.input_shape)
+        check_parameters(k * size, f"the VampPrior's {k:,} pseudo-inputs of {size:,} values")
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(k, *dims.input_shape))
         self._posterior: list[PosteriorFn] = []  # a list keeps it out of nn.Module's registry
 
@@ -197,11 +249,11 @@ class VampPrior(Prior):
             raise AekitError("the VampPrior is not attached to an encoder yet")
         return self._posterior[0](self.pseudo_inputs)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        mu, logvar = self.components()
-        which = torch.randint(mu.shape[0], (n,), generator=generator).to(mu.device)
-        eps = _normal(n, self.latent_dim, generator, mu.device)
-        return mu[which] + (0.5 * logvar[which]).exp() * eps
+    def draw(self, n, generator, device, dtype) -> torch.Tensor:
+        mu, logvar = self.components()  # on the model's device, in its dtype
+        which = _randint(mu.shape[0], n, generator, mu.device)
+        eps = _normal((n, self.latent_dim), generator, mu.device, mu.dtype)
+        return (mu[which] + (0.5 * logvar[which]).exp() * eps).to(device, dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         mu, logvar = self.components()

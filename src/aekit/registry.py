@@ -569,6 +569,8 @@ def build_from_config(
     config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None
 ) -> Autoencoder:
     dims = config.dims
+    if encoder is None:
+        NETS[config.body.kind].check_size(config.body.options, dims, config.condition_width)
     # The parts before the networks: the order in which they draw their initial weights.
     parts = {
         slot: SLOTS[slot][getattr(config, slot).kind](getattr(config, slot).options, dims)

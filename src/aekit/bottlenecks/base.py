@@ -134,6 +134,15 @@ class Bottleneck(nn.Module, ABC):
         return self.prior is not None
 
     @property
+    def prior_to_match(self) -> Prior | None:
+        """The fixed prior whose draws a matching objective (WAE, SWAE) compares the codes
+        with, carried in every output (`BottleneckOutput.prior`). None where p(z) is absent or
+        exists only through the bottleneck's own networks or variables (hierarchical,
+        categorical): `sample_prior` draws from those, but there is no prior object whose
+        draws and variance a divergence can use."""
+        return self.prior
+
+    @property
     def has_kl(self) -> bool:
         """Whether a KL(q(z|x) || p(z)) is reported, in closed form or from the densities."""
         return self.has_density or self.analytic_kl

@@ -58,6 +58,11 @@ class Hierarchical(Bottleneck):
         return True
 
     @property
+    def prior_to_match(self) -> None:
+        # p(z1) = E_{z2}[p(z1|z2)] is learned through prior_net: samples exist, no Prior object.
+        return None
+
+    @property
     def in_features(self) -> int:
         return 2 * self.latent_dim
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from aekit.bottlenecks.base import BOTTLENECKS
 from aekit.bottlenecks.quantizer import Quantized, Quantizer, rotation_trick, straight_through
-from aekit.bottlenecks.vq import VectorQuantizer, VQOptions
+from aekit.bottlenecks.vq import CodeStatistics, VectorQuantizer, VQOptions
 from aekit.components import Dims
 from aekit.errors import AekitError
 
@@ -88,16 +88,40 @@ class ResidualVQ(Quantizer):
     def quantize(self, v: torch.Tensor) -> Quantized:
         keep = self.kept_stages(v.shape[0], v.device)
         residual, total = v, torch.zeros_like(v)
-        indices, losses = [], {}
+        indices, losses, statistics = [], {}, []
+        dropout = self.training and self.options.quantizer_dropout > 0
         for s in range(self.options.stages):
-            e, idx, stage_losses = self.stage(s).nearest(residual)
+            stage = self.stage(s)
+            # Every stage picks its codes from the codebook as the step found it; the
+            # codebooks change once, after the last stage (update_codebooks).
+            e, idx, stage_losses, distances = stage.nearest(residual, update=False)
+            if stage.updates_codebook:
+                weight = keep[:, s] if dropout else None
+                statistics.append(stage.statistics(residual.detach(), idx, distances, weight))
             total = total + e * keep[:, s : s + 1]
             residual = residual - e.detach()
             indices.append(idx)
             for name, value in stage_losses.items():
                 losses[name] = losses.get(name, 0.0) + value * keep[:, s]
+        if statistics:
+            self.update_codebooks(statistics)
         z_q = rotation_trick(v, total) if self.options.rotation else straight_through(v, total)
         return Quantized(z_q, torch.stack(indices, 1), losses)
+
+    def update_codebooks(self, statistics: list[CodeStatistics]) -> None:
+        """One EMA / restart update per codebook and training step. A shared codebook pools
+        the vectors of all stages into a single update, so it decays once per step (not once
+        per stage, which would forget S times faster and let the last stage's residuals,
+        not all of them, set the codes). Vectors of stages that quantizer dropout left out
+        of an example are not counted."""
+        if self.options.shared_codebook:
+            pooled = statistics[0]
+            for st in statistics[1:]:
+                pooled = pooled.pooled(st)
+            self.stages[0].apply_statistics(pooled)
+            return
+        for stage, st in zip(self.stages, statistics, strict=True):
+            stage.apply_statistics(st)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return sum(self.stage(s).lookup(indices[:, s : s + 1]) for s in range(indices.shape[1]))

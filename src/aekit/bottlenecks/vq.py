@@ -108,6 +108,35 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator 
     return centres, counts
 
 
+@dataclass
+class CodeStatistics:
+    """What one training batch tells a codebook, before it changes: the vectors assigned to
+    each code (their count and sum, for the EMA) and each code's nearest vector (the anchor
+    of a restart). Statistics of several batches of vectors pool into one update (residual
+    stages sharing a codebook)."""
+
+    counts: torch.Tensor
+    """Vectors assigned to each code, (K,)."""
+    sums: torch.Tensor | None
+    """Their sum per code, (K, D) (EMA codebooks)."""
+    nearest: torch.Tensor | None
+    """The squared distance of each code to its nearest vector, (K,) (restarts)."""
+    anchors: torch.Tensor | None
+    """That nearest vector, (K, D)."""
+
+    def pooled(self, other: CodeStatistics) -> CodeStatistics:
+        sums = None if self.sums is None else self.sums + other.sums
+        if self.nearest is None:
+            return CodeStatistics(self.counts + other.counts, sums, None, None)
+        closer = other.nearest < self.nearest  # ties keep the first, as one argmin would
+        return CodeStatistics(
+            self.counts + other.counts,
+            sums,
+            torch.where(closer, other.nearest, self.nearest),
+            torch.where(closer.unsqueeze(1), other.anchors, self.anchors),
+        )
+
+
 @BOTTLENECKS.register("vq")
 class VectorQuantizer(Quantizer):
     Options = VQOptions
@@ -156,11 +185,18 @@ class VectorQuantizer(Quantizer):
         # in-place anchor update later in the same forward pass.
         return F.normalize(e.clone(), dim=1) if self.options.cosine else e
 
+    @property
+    def updates_codebook(self) -> bool:
+        """Whether a training pass changes the codebook outside the optimiser (EMA, restarts)."""
+        return self.training and (self.options.ema or self.options.restart)
+
     def nearest(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        self, x: torch.Tensor, *, update: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """The nearest codes e (N, D) with the gradient path to the codebook, their indices (N,),
-        and the commitment and codebook losses per vector. `x` is already normalised if cosine."""
+        the commitment and codebook losses per vector, and the distances (N, K). `x` is
+        already normalised if cosine. With `update`, a training pass then updates the
+        codebook from x; residual VQ passes False and updates once from all its stages."""
         if self.training and self.options.kmeans_init and not self.is_initialised():
             self.initialise(x.detach())
         codebook = self.codebook()
@@ -172,13 +208,13 @@ class VectorQuantizer(Quantizer):
         losses = {"commitment": o.commitment * (x - e.detach()).pow(2).sum(1)}
         if not o.ema:
             losses["codebook"] = (x.detach() - e).pow(2).sum(1)
-        if self.training and (o.ema or o.restart):
+        if update and self.updates_codebook:
             self.update_codebook(x.detach(), indices, distances)
-        return e, indices, losses
+        return e, indices, losses, distances
 
     def quantize(self, v: torch.Tensor) -> Quantized:
         x = F.normalize(v, dim=1) if self.options.cosine else v
-        e, indices, losses = self.nearest(x)
+        e, indices, losses, _ = self.nearest(x)
         z_q = rotation_trick(x, e) if self.options.rotation else straight_through(x, e)
         return Quantized(z_q, indices.unsqueeze(1), losses)
 
@@ -202,25 +238,65 @@ class VectorQuantizer(Quantizer):
     ) -> None:
         """The codebook changes made outside the optimiser, once per training batch: the EMA
         update of counts and sums, then the anchor update of codes that fell out of use."""
+        self.apply_statistics(self.statistics(x, indices, distances))
+
+    @torch.no_grad()
+    def statistics(
+        self,
+        x: torch.Tensor,
+        indices: torch.Tensor,
+        distances: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> CodeStatistics:
+        """What vectors x (N, D), assigned to `indices` (N,) at `distances` (N, K), tell the
+        codebook; `weight` (N,) of 0/1 leaves the 0 rows out (stages dropped by quantizer
+        dropout)."""
         o, k = self.options, self.options.codebook_size
-        counts = torch.bincount(indices, minlength=k).to(x.dtype)
+        if weight is None:
+            counts = torch.bincount(indices, minlength=k).to(x.dtype)
+        else:
+            counts = x.new_zeros(k).index_add_(0, indices, weight.to(x.dtype))
+        sums = None
         if o.ema:
-            sums = torch.zeros(k, x.shape[1], device=x.device, dtype=x.dtype)
-            sums.index_add_(0, indices, x)
-            self.ema_count.lerp_(counts, 1 - o.ema_decay)
-            self.ema_sum.lerp_(sums, 1 - o.ema_decay)
-            n = self.ema_count.sum()
-            smoothed = (self.ema_count + o.ema_epsilon) / (n + k * o.ema_epsilon) * n
-            codes = self.ema_sum / smoothed.unsqueeze(1)
-            self.embedding.copy_(F.normalize(codes, dim=1) if o.cosine else codes)
+            kept = x if weight is None else x * weight.unsqueeze(1)
+            sums = x.new_zeros(k, x.shape[1]).index_add_(0, indices, kept)
+        if not o.restart:
+            return CodeStatistics(counts, sums, None, None)
+        if weight is not None:
+            distances = distances.masked_fill(weight.unsqueeze(1) == 0, math.inf)
+        nearest, rows = distances.min(0)
+        return CodeStatistics(counts, sums, nearest, x[rows])
+
+    @torch.no_grad()
+    def apply_statistics(self, st: CodeStatistics) -> None:
+        """One update of the codebook from a batch's statistics: the EMA of counts and sums,
+        then the anchor update of codes that fell out of use. Statistics of no vector at all
+        (every row dropped) leave the codebook and its statistics as they are; the test is a
+        tensor, not an `if`, which would wait for the device."""
+        o, k = self.options, self.options.codebook_size
+        seen = st.counts.sum() > 0
+        embedding = self.embedding
+        if o.ema:
+            count = self.ema_count.lerp(st.counts, 1 - o.ema_decay)
+            total = self.ema_sum.lerp(st.sums, 1 - o.ema_decay)
+            n = count.sum()
+            smoothed = (count + o.ema_epsilon) / (n + k * o.ema_epsilon) * n
+            codes = total / smoothed.unsqueeze(1)
+            embedding = F.normalize(codes, dim=1) if o.cosine else codes
         if o.restart:
-            self.usage.lerp_(counts / counts.sum(), 1 - o.restart_decay)
+            share = st.counts / st.counts.sum().clamp_min(1)
+            usage = self.usage.lerp(share, 1 - o.restart_decay)
             # CVQ-VAE: alpha_k = exp(-p_k K 10 / (1 - gamma)) is ~1 for an unused code and ~0
             # for one used at the uniform rate 1/K; the anchor is the closest encoder output.
-            alpha = torch.exp(-self.usage * k * 10 / (1 - o.restart_decay)).unsqueeze(1)
-            anchors = x[distances.argmin(0)]
-            self.embedding.mul_(1 - alpha).add_(alpha * anchors)
+            alpha = torch.exp(-usage * k * 10 / (1 - o.restart_decay)).unsqueeze(1)
+            embedding = embedding * (1 - alpha) + alpha * st.anchors
             if o.cosine:
-                self.embedding.copy_(F.normalize(self.embedding, dim=1))
+                embedding = F.normalize(embedding, dim=1)
             if o.ema:
-                self.ema_sum.copy_(self.embedding * self.ema_count.unsqueeze(1))
+                total = embedding * count.unsqueeze(1)
+            self.usage.copy_(torch.where(seen, usage, self.usage))
+        if o.ema:
+            self.ema_count.copy_(torch.where(seen, count, self.ema_count))
+            self.ema_sum.copy_(torch.where(seen, total, self.ema_sum))
+        if o.ema or o.restart:
+            self.embedding.copy_(torch.where(seen, embedding, self.embedding))

@@ -129,6 +129,13 @@ class TensorData:
             yield Batch(x, y)
 
 
+MAX_LABEL_CLASSES = 100_000
+"""The most classes a label-conditioned model is built for. Its labels enter the networks
+one-hot, so K classes are K inputs per conditioned layer; labels beyond this (ImageNet-21k has
+21,841 classes) are identifiers, not class indices, and would only allocate a network too
+large to train."""
+
+
 @dataclass
 class Splits:
     """Train/validation/test data from one source, with the spec that rebuilds them."""
@@ -146,9 +153,25 @@ class Splits:
                 "a conditional model needs labels: use a labelled source or --labels / "
                 "--label-column"
             )
-        if self.class_names:
-            return len(self.class_names)
-        return int(self.train.y.max()) + 1
+        classes = len(self.class_names) if self.class_names else int(self.train.y.max()) + 1
+        if classes > MAX_LABEL_CLASSES:
+            raise AekitError(
+                f"label {classes - 1} in the train split would make {classes:,} classes; a "
+                f"label-conditioned model takes labels 0..K-1 for K classes, at most "
+                f"{MAX_LABEL_CLASSES:,} (number identifiers 0..K-1 first)"
+            )
+        for split in ("train", "val", "test"):
+            data = getattr(self, split)
+            y = None if data is None else data.y
+            if y is None or not len(y):
+                continue
+            bad = (y < 0) | (y >= classes)
+            if bool(bad.any()):
+                raise AekitError(
+                    f"label {int(y[bad][0])} in the {split} split is outside 0..{classes - 1}, "
+                    f"the labels of the {classes} classes the model is built for"
+                )
+        return classes
 
     def get(self, split: str) -> TensorData:
         data = {"train": self.train, "val": self.val, "test": self.test}.get(split)

@@ -251,11 +251,11 @@ def generation_metrics(
 
     modules = [m for m in (model, extractor) if isinstance(m, nn.Module)]
     modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
     real, recon, fake = [], [], []
     sample_error = None
     try:
+        for m in modules:
+            m.eval()
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 batch = x[start : start + batch_size].to(model.device)

@@ -43,12 +43,12 @@ def gradient_snr(
     if repeats < 2:
         raise AekitError(f"gradient SNR needs at least 2 repeats (got {repeats})")
     original, was_training = model.objective, model.training
-    model.eval()  # no dropout/corruption: only the latent draws vary between repeats
     generative, inference = model.parameter_groups()
     rows: dict[str, list[Any]] = {
         "k": [], "encoder_snr": [], "encoder_snr_median": [],
         "decoder_snr": [], "decoder_snr_median": [],
     }  # fmt: skip
+    model.eval()  # no dropout/corruption: only the latent draws vary between repeats
     try:
         torch.manual_seed(seed)
         for k in ks:

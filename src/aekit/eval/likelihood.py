@@ -53,12 +53,13 @@ def log_likelihood(
     if k < 1:
         raise AekitError(f"the number of importance samples k must be at least 1 (got {k})")
     check_has_density(model)
+    x = model.batch_to_model(x) if isinstance(x, torch.Tensor) else x
     model.check_input(x)
     n = x.shape[0]
     c = model.condition_vector(condition, n)
     h = model.features(x, c)
     per_pass = max(1, (max_draws or default_max_draws(x.device)) // n)
-    total = torch.full((n,), -math.inf, device=x.device)
+    total = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
     done = 0
     while done < k:
         draws = min(per_pass, k - done)
@@ -100,9 +101,7 @@ def importance_sampled_nll(
             torch.manual_seed(seed)
             for batch in data.batches(batch_size):
                 condition = batch.y if model.conditional else None
-                lp = log_likelihood(
-                    model, batch.x.to(device), k, condition=condition, max_draws=max_draws
-                )
+                lp = log_likelihood(model, batch.x, k, condition=condition, max_draws=max_draws)
                 values.append(lp.cpu())
     finally:
         model.train(was_training)

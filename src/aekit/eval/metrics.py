@@ -52,8 +52,6 @@ def evaluate(
         return evaluate_group(model, data, batch_size=batch_size, seed=seed, detailed=detailed)
     if model.bottleneck.is_sparse:
         return evaluate_sparse(model, data, batch_size=batch_size, detailed=detailed)
-    was_training = model.training
-    model.eval()
     device = model.device
     sums: dict[str, torch.Tensor] = {}
     sq_err = torch.zeros((), device=device)
@@ -64,28 +62,32 @@ def evaluate(
     corrupting = model.config.corruption.kind != "none"
     counter = _code_counter(model)
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for batch in data.batches(batch_size):
-            x = batch.x.to(device)
-            c = batch.y if model.conditional else None
-            out = model(x, step=None, corrupt=False, condition=c)
-            n = x.shape[0]
-            for name, value in out.terms.items():
-                sums[name] = sums.get(name, 0.0) + value.to(device) * n
-            mean = model.decode(out.code, c)
-            sq_err += (mean - x).pow(2).sum()
-            if counter is not None:
-                counter.add(out.bottleneck)
-            if detailed:
-                analytic_kl = out.bottleneck.kl is not None
-                if analytic_kl:
-                    kl_dims += out.bottleneck.kl.sum(0)
-                codes.append(out.code)
-                if corrupting:
-                    denoised = model.reconstruct(model.corruption(x), c)
-                    denoise_err += (denoised - x).pow(2).sum()
-    model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for batch in data.batches(batch_size):
+                x = model.batch_to_model(batch.x)
+                c = batch.y if model.conditional else None
+                out = model(x, step=None, corrupt=False, condition=c)
+                n = x.shape[0]
+                for name, value in out.terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.to(device) * n
+                mean = model.decode(out.code, c)
+                sq_err += (mean - x).pow(2).sum()
+                if counter is not None:
+                    counter.add(out.bottleneck)
+                if detailed:
+                    analytic_kl = out.bottleneck.kl is not None
+                    if analytic_kl:
+                        kl_dims += out.bottleneck.kl.sum(0)
+                    codes.append(out.code)
+                    if corrupting:
+                        denoised = model.reconstruct(model.corruption(x), c)
+                        denoise_err += (denoised - x).pow(2).sum()
+    finally:
+        model.train(was_training)
     n = len(data)
     dims = math.prod(model.input_shape)
     results: dict[str, Any] = {name: float(total) / n for name, total in sums.items()}
@@ -134,7 +136,7 @@ def mean_terms(model: Autoencoder, data: DataSource, batch_size: int) -> dict[st
     n = 0
     device = model.device
     for batch in data.batches(batch_size):
-        x = batch.x.to(device)
+        x = model.batch_to_model(batch.x)
         target = batch.y.to(device) if model.paired else None
         condition = batch.y if model.conditional else None
         out = model(x, step=None, corrupt=False, condition=condition, target=target)

@@ -44,6 +44,15 @@ def model_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(module: nn.Module) -> torch.dtype:
+    """The floating-point type of a module's first floating parameter or buffer (float32 for
+    one with none): rows are cast to it, so a float64 model reads float32 data."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def sparse_code(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The latents of `x` (B, d_in) as (values, indices), both (B, k), from
     `model.encode_sparse` when the model is sparse (k-sparse bottlenecks never build the
@@ -139,8 +148,7 @@ def sae_metrics(
     if max_rows is not None and max_rows < 1:
         raise AekitError(f"max_rows must be at least 1 (got {max_rows})")
     was_training = model.training
-    model.eval()
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)
     acc = torch.float32 if device.type == "mps" else torch.float64
     paired = model.paired
     n_latents = model.latent_dim
@@ -149,12 +157,13 @@ def sae_metrics(
     mean = None  # running mean of the targets (Chan et al.'s pairwise update with `m2`)
     m2 = torch.zeros((), dtype=acc, device=device)
     n = 0
+    model.eval()
     try:
         for batch in data.batches(batch_size):
             if max_rows is not None and n >= max_rows:
                 break
-            x = batch.x.to(device, torch.float32)
-            t = _target(batch, paired).to(device, torch.float32)
+            x = batch.x.to(device, dtype)
+            t = _target(batch, paired).to(device, dtype)
             if max_rows is not None and n + len(x) > max_rows:
                 x, t = x[: max_rows - n], t[: max_rows - n]
             values, indices = sparse_code(model, x)

@@ -47,7 +47,7 @@ from torch import nn
 from aekit.data.activations.sites import parse_site, resolve_sites
 from aekit.data.activations.tokens import special_token_ids
 from aekit.errors import AekitError
-from aekit.eval.sparse import model_device
+from aekit.eval.sparse import model_device, model_dtype
 
 KINDS = ("auto", "causal_lm", "masked_lm", "embedding")
 ABLATIONS = ("zero", "mean")
@@ -312,11 +312,9 @@ def splice_effect(
         inputs, scored = _masked_inputs(contexts, replaceable, mask_token_id, mask_fraction, seed)
 
     device = model_device(hf_model)
-    sae_device = model_device(sae)
+    sae_device, sae_dtype = model_device(sae), model_dtype(sae)
     splicer = _Splicer(hf_model, site)
     was_training = (hf_model.training, sae.training)
-    hf_model.eval()
-    sae.eval()
 
     def batches() -> Iterator[tuple[torch.Tensor, ...]]:
         """(input ids, attention mask, replaced positions, scored positions, clean ids)."""
@@ -339,9 +337,11 @@ def splice_effect(
         return network(input_ids=ids, attention_mask=m.long(), **extra)
 
     def spliced(rows: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return sae.reconstruct(rows.to(sae_device, torch.float32)).to(act.device)
+        return sae.reconstruct(rows.to(sae_device, sae_dtype)).to(act.device)
 
     runs: dict[str, Replacement] = {"spliced": spliced}
+    hf_model.eval()
+    sae.eval()
     try:
         with splicer.hooks():
             if "zero" in ablations:

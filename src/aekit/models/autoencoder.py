@@ -57,6 +57,15 @@ Condition = torch.Tensor | int | None
 """Labels (int or (B,) integers) for label-conditioned models, (B, d) vectors otherwise."""
 
 
+def label_error(label: float, classes: int) -> str:
+    if isinstance(label, float) and label.is_integer() and abs(label) < 2**53:
+        label = int(label)
+    return (
+        f"label {label} is outside the trained range 0..{classes - 1} (the model knows "
+        f"{classes} classes)"
+    )
+
+
 class Autoencoder(nn.Module):
     """Inference (`encode`, `decode`, `reconstruct`, `sample`) is kept apart from the training
     objective (`forward`): encoding gives the posterior mean and pays for no loss."""
@@ -85,6 +94,13 @@ class Autoencoder(nn.Module):
         self.latent_density = None
         """A density fitted on training codes (`aekit.latent_density`), to sample models that
         learn no prior."""
+        prior = getattr(bottleneck, "prior", None)
+        if config.condition_width and getattr(prior, "runs_encoder", False):
+            raise AekitError(
+                f"the {prior.kind!r} prior runs the encoder on its own pseudo-inputs, which "
+                f"have no condition; the conditional {config.recipe!r} model's encoder needs "
+                "one (choose another --prior)"
+            )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
         if config.output_shape is not None and not objective.paired_targets:
@@ -136,6 +152,17 @@ class Autoencoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the weights (float64 after `model.double()`)."""
+        return next(self.parameters()).dtype
+
+    def batch_to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device; floating values in the model's dtype (data sources
+        give float32, a model may be float64). Integer batches keep their type, so that
+        `check_input` still refuses them by name."""
+        return x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
 
     def check_data(self, data: Any) -> None:
         """Whether a data source fits the model: example shape, labels or paired targets, and
@@ -205,20 +232,29 @@ class Autoencoder(nn.Module):
                 else (f"vectors of width {cfg.condition_dim}")
             )
             raise AekitError(f"this model is conditional: pass a condition ({what})")
-        c = torch.as_tensor(condition, device=self.device)
-        if cfg.condition_classes:
+        classes = cfg.condition_classes
+        try:
+            c = torch.as_tensor(condition, device=self.device)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            if classes and isinstance(condition, int):  # beyond int64
+                raise AekitError(label_error(condition, classes)) from None
+            raise AekitError(
+                f"the condition must be labels or vectors of numbers (got {condition!r:.60})"
+            ) from None
+        if classes:
+            if c.dtype == torch.bool or c.is_complex():
+                raise AekitError(f"label conditions must be integers (got {c.dtype})")
             if c.is_floating_point() and not bool((c == c.round()).all()):
                 raise AekitError("label conditions must be integers")
-            c = c.long().reshape(-1)
-            bad = (c < 0) | (c >= cfg.condition_classes)
+            c = c.reshape(-1)
+            # Compared before the cast: a float label beyond int64 would wrap around.
+            bad = (c < 0) | (c >= classes)
             if bool(bad.any()):
-                raise AekitError(
-                    f"label {int(c[bad][0])} is outside the trained range "
-                    f"0..{cfg.condition_classes - 1}"
-                )
-            c = F.one_hot(c, cfg.condition_classes).float()
+                raise AekitError(label_error(c[bad][0].item(), classes))
+            c = F.one_hot(c.long(), classes).to(self.dtype)
         else:
-            c = c.float().reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1).float()
+            c = c.to(self.dtype)
+            c = c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1)
             if c.shape[1] != cfg.condition_dim:
                 raise AekitError(
                     f"the condition has width {c.shape[1]}; this model was trained on "

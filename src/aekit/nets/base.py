@@ -19,6 +19,30 @@ from aekit.errors import AekitError
 
 ACTIVATIONS = ("relu", "silu", "gelu", "elu", "leaky_relu", "tanh")
 
+MAX_LAYER_PARAMETERS = 2**31
+"""The most parameters one layer may hold. Past 2**31 elements a tensor's offsets overflow the
+32-bit indices that many kernels use, and in float32 such a layer is 8 GiB, twice that with its
+gradient and four times with Adam's moments: a layer that size is a shape mistake (a dense
+layer over millions of input features), so it is refused by name before anything is
+allocated rather than failing in the allocator or the out-of-memory killer."""
+
+
+def check_layer(n_in: int, n_out: int, what: str, per_weight: int = 1, bias: bool = True) -> None:
+    """Refuse a layer from n_in to n_out features (`per_weight` weights each, a conv's kernel
+    area) that would hold more than MAX_LAYER_PARAMETERS parameters. `what` names it."""
+    count = n_in * n_out * per_weight + (n_out if bias else 0)
+    check_parameters(count, f"{what} ({n_in:,} -> {n_out:,})")
+
+
+def check_parameters(count: int, what: str) -> None:
+    """Refuse one tensor of parameters larger than MAX_LAYER_PARAMETERS, naming it."""
+    if count > MAX_LAYER_PARAMETERS:
+        raise AekitError(
+            f"{what} would need {count:,} parameters, more than the "
+            f"{MAX_LAYER_PARAMETERS:,} one layer may hold: give the data fewer features "
+            "(crop, pool, select) or the layer fewer units"
+        )
+
 
 class Body(ABC):
     """A factory of encoder/decoder pairs (not a module itself)."""
@@ -37,6 +61,14 @@ class Body(ABC):
         """The kind that actually builds the networks (`auto` picks one by the shape)."""
         cls.check(options, input_shape)
         return cls.kind
+
+    @classmethod
+    def check_size(cls, options, dims: Dims, condition_dim: int) -> None:
+        """Refuse (`check_layer`) networks too large for these dims before the model builds
+        any part: bodies whose weights scale with the latent count override it, since the
+        bottleneck's buffers, built first, scale with it too. (Layered bodies check each
+        layer as they build it.)"""
+        return None
 
     @classmethod
     def default_latent_dim(cls, options, input_shape: tuple[int, ...]) -> int | None:

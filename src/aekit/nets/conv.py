@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from aekit.errors import AekitError
-from aekit.nets.base import NETS, Body, LayerOptions
+from aekit.nets.base import NETS, Body, LayerOptions, check_layer
 from aekit.nets.mlp import activation, mlp
 
 
@@ -31,7 +31,8 @@ def stage_sizes(size: tuple[int, int], stages: int) -> list[tuple[int, int]]:
 
 def down_stages(c_in: int, channels: tuple[int, ...], act: str) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for c_out in channels:
+    for i, c_out in enumerate(channels):
+        check_layer(c_in, c_out, f"conv stage {i + 1} of the encoder", per_weight=16)
         layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), activation(act)]
         c_in = c_out
     return nn.Sequential(*layers)
@@ -50,6 +51,7 @@ def up_stages(
     layers: list[nn.Module] = []
     for i, target in enumerate(targets):
         c_a, c_b = widths[i], widths[i + 1]
+        check_layer(c_a, c_b, f"conv stage {i + 1} of the decoder", per_weight=16)
         if upsample == "transpose":
             h_in, w_in = sizes[len(sizes) - 1 - i]
             pad = (target[0] - 2 * h_in, target[1] - 2 * w_in)
@@ -83,7 +85,9 @@ class ConvEncoder(nn.Module):
         h_last, w_last = stage_sizes((h, w), len(channels))[-1]
         # A conditioning vector joins the flattened conv features, before the dense layers.
         self.head = mlp(
-            [channels[-1] * h_last * w_last + condition_dim, *hidden, out_features], act
+            [channels[-1] * h_last * w_last + condition_dim, *hidden, out_features],
+            act,
+            "the encoder's dense head",
         )
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,7 +110,11 @@ class ConvDecoder(nn.Module):
         sizes = stage_sizes((h, w), len(channels))
         self.start = (channels[-1], *sizes[-1])
         self.head = nn.Sequential(
-            mlp([latent_dim, *reversed(hidden), channels[-1] * sizes[-1][0] * sizes[-1][1]], act),
+            mlp(
+                [latent_dim, *reversed(hidden), channels[-1] * sizes[-1][0] * sizes[-1][1]],
+                act,
+                "the decoder's dense head",
+            ),
             activation(act),
         )
         self.ups = up_stages(channels, sizes, c_out, act, upsample)

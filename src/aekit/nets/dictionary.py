@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from aekit.errors import AekitError
-from aekit.nets.base import NETS, Body
+from aekit.nets.base import NETS, Body, check_layer
 from aekit.sparse import Preactivations, SparseCode, SparseLatents, sparse_decode
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -307,7 +307,16 @@ class Dictionary(Body):
         return options.expansion * math.prod(input_shape)
 
     @classmethod
+    def check_size(cls, options, dims, condition_dim):
+        d_in, d_out = math.prod(dims.input_shape), math.prod(dims.target_shape)
+        check_layer(dims.latent_dim, d_out, "the dictionary's decoder")
+        check_layer(d_in, dims.latent_dim, "the dictionary's encoder")
+        if options.skip:
+            check_layer(d_in, d_out, "the transcoder's skip connection", bias=False)
+
+    @classmethod
     def build(cls, options, dims, in_features, condition_dim):
+        cls.check_size(options, dims, condition_dim)
         if condition_dim:
             raise AekitError("the dictionary body takes no condition")
         if options.skip and not dims.paired:

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from aekit.nets.base import NETS, Body, LayerOptions
+from aekit.nets.base import NETS, Body, LayerOptions, check_layer
 
 
 def activation(name: str) -> nn.Module:
@@ -22,8 +22,11 @@ def activation(name: str) -> nn.Module:
     }[name]()
 
 
-def mlp(widths: list[int], act: str) -> nn.Sequential:
-    """Linear layers between consecutive widths, with no activation after the last."""
+def mlp(widths: list[int], act: str, role: str = "a dense layer") -> nn.Sequential:
+    """Linear layers between consecutive widths, with no activation after the last; sizes
+    are checked (`check_layer`) before any is allocated, `role` naming the network."""
+    for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
+        check_layer(w_in, w_out, f"layer {i + 1} of {role}")
     layers: list[nn.Module] = []
     for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(w_in, w_out))
@@ -44,7 +47,8 @@ class MLPEncoder(nn.Module):
         condition_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.net = mlp([math.prod(input_shape) + condition_dim, *hidden, out_features], act)
+        widths = [math.prod(input_shape) + condition_dim, *hidden, out_features]
+        self.net = mlp(widths, act, "the encoder")
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         x = x.flatten(1)
@@ -57,7 +61,8 @@ class MLPDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.output_shape = tuple(output_shape)
-        self.net = mlp([latent_dim, *reversed(hidden), math.prod(output_shape)], act)
+        widths = [latent_dim, *reversed(hidden), math.prod(output_shape)]
+        self.net = mlp(widths, act, "the decoder")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.output_shape)

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from aekit.bottlenecks.base import Bottleneck, BottleneckOutput
-from aekit.components import Dims, NoOptions, Registry
+from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput, PriorOptions
+from aekit.components import Dims, NoOptions, Registry, options_class
 from aekit.errors import AekitError
+from aekit.priors import PRIORS
 
 
 @dataclass
@@ -109,11 +110,8 @@ class Objective(ABC):
                 f"analytic KL to its prior (gaussian, hierarchical, categorical, joint); {b!r} "
                 "has none"
             )
-        if self.needs_prior and getattr(bottleneck, "prior", None) is None:
-            raise AekitError(
-                f"{kind} matches the codes to a prior: pass --prior "
-                "(normal, uniform, ring, mixture, ...)"
-            )
+        if self.needs_prior and bottleneck.prior_to_match is None:
+            raise AekitError(f"{kind} matches the codes to a prior; {prior_hint(b)}")
 
     @property
     def samples(self) -> int:
@@ -146,6 +144,21 @@ class Objective(ABC):
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+def prior_hint(kind: str) -> str:
+    """Why bottleneck `kind` has no prior to match, and what to choose instead."""
+    if takes_prior(kind):
+        return f"the {kind!r} bottleneck has none: pass --prior ({', '.join(PRIORS.names())})"
+    takers = [k for k in BOTTLENECKS.names() if takes_prior(k)]
+    return (
+        f"the {kind!r} bottleneck has no --prior to match (any p(z) it has is built into it); "
+        f"choose a bottleneck that takes one: {', '.join(takers)}"
+    )
+
+
+def takes_prior(kind: str) -> bool:
+    return issubclass(options_class(BOTTLENECKS[kind]), PriorOptions)
 
 
 def schedule_terms(b: BottleneckOutput) -> dict[str, torch.Tensor]:

@@ -77,7 +77,7 @@ class MatchingObjective(Objective):
     def __call__(self, f: ForwardPass, step: int | None) -> ObjectiveOutput:
         b = f.bottleneck
         code = b.dense_code()
-        prior_draws = b.prior.sample(code.shape[0]).to(code)
+        prior_draws = b.prior.sample_like(code.detach())
         divergence = self.divergence(code, prior_draws, b.prior)
         loss = f.nll.mean() + self.weight() * divergence + auxiliary(b)
         return ObjectiveOutput(loss, self.report(f, loss, **{self.term: divergence}))
