@@ -257,11 +257,14 @@ def test_a_user_sampler_is_a_prior_for_swae():
         return torch.randint(0, 2, (n, 2), generator=generator).float() * 2 - 1
 
     prior_from_sampler("corners", corners)
-    model = aekit.build("swae", (10,), 2, hidden=(8,), prior="corners")
-    assert set(model.sample_latents(50).abs().flatten().tolist()) == {1.0}
-    model(torch.rand(8, 10)).loss.backward()
-    with pytest.raises(aekit.AekitError, match="with a density everywhere; got 'corners'"):
-        aekit.build("vae", (10,), 2, prior="corners")
+    try:
+        model = aekit.build("swae", (10,), 2, hidden=(8,), prior="corners")
+        assert set(model.sample_latents(50).abs().flatten().tolist()) == {1.0}
+        model(torch.rand(8, 10)).loss.backward()
+        with pytest.raises(aekit.AekitError, match="with a density everywhere; got 'corners'"):
+            aekit.build("vae", (10,), 2, prior="corners")
+    finally:  # registries are global: later tests enumerate the built-in priors only
+        PRIORS.unregister("corners")
     with pytest.raises(aekit.AekitError, match="got 'uniform'"):
         aekit.build("vae", (10,), 2, prior="uniform")  # a Gaussian posterior leaves the cube
 

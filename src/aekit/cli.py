@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -1006,7 +1007,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     model = ckpt.load(args.run, device=resolve_device(args.device))
     images = read_inputs(args.inputs, tuple(model.input_shape))
-    result = compress(model, torch.from_numpy(images), run_dir=args.run, stages=args.stages)
+    out = Path(args.out)
+    # Relative to the file, so the header carries no absolute path of this machine.
+    try:
+        run_hint = os.path.relpath(Path(args.run).resolve(), out.resolve().parent)
+    except ValueError:  # another drive (Windows): no relative path exists
+        run_hint = str(Path(args.run).resolve())
+    result = compress(model, torch.from_numpy(images), run_dir=run_hint, stages=args.stages)
     result.save(args.out)
     h = result.header
     print(
@@ -1019,7 +1026,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from aekit.compress import decompress, read_header
+    from aekit.compress.codec import model_sha256
     from aekit.compress.files import write_images
+    from aekit.compress.versions import find_version, load_version
 
     path = Path(args.file)
     if not path.is_file():
@@ -1029,12 +1038,16 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         header = read_header(data)
     except AekitError as e:
         raise AekitError(f"{path}: {e}") from None
-    run = args.run or header.run_dir
+    run = args.run or (header.run_dir and str(path.parent / header.run_dir))
     if run is None:
         raise AekitError(f"{path} does not name the run that compressed it; pass --run")
     if args.run is None and not Path(run).is_dir():
         raise AekitError(f"{path} was compressed with the run {run}, which is gone; pass --run")
-    model = ckpt.load(run, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = ckpt.load(run, device=device)
+    version = find_version(Path(run), header.model_sha256)
+    if version is not None and model_sha256(model) != header.model_sha256:
+        model = load_version(Path(run), version, device)  # the run was resumed since
     try:
         images = decompress(data, model).numpy()
     except AekitError as e:

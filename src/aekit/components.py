@@ -94,7 +94,10 @@ def make_options(options_cls: type, values: dict[str, Any], what: str) -> Any:
         valid = ", ".join(sorted(known)) or "none"
         raise AekitError(f"{what} has no option {', '.join(unknown)} (valid: {valid})")
     hints = typing.get_type_hints(options_cls)
+    resolved_later = getattr(options_cls, "AUTO", ())
     for name, value in values.items():
+        if name in resolved_later and value == "auto":
+            continue
         if not fits(value, hints[name]):
             raise AekitError(f"{what}: {name} must be {type_name(hints[name])} (got {value!r})")
     try:

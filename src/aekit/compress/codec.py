@@ -26,7 +26,6 @@ gives an error, never a wrong image. Every failure is an AekitError on one line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import zlib
@@ -39,7 +38,7 @@ import torch
 
 from aekit.compress.index_prior import IndexPrior
 from aekit.errors import AekitError
-from aekit.io import atomic_write_bytes
+from aekit.io import atomic_write_bytes, tensors_sha256
 from aekit.version import __version__
 
 if TYPE_CHECKING:
@@ -68,7 +67,9 @@ class Header:
     prior_sha256: str
     """`IndexPrior.identity` of the prior the indices were coded under."""
     run_dir: str | None
-    """Absolute path of the run the model came from, when known: a hint for decompress."""
+    """Where the run the model came from is, when known: a hint for decompress. `aekit
+    compress` writes it relative to the file's folder (no absolute path of the writer's
+    machine leaks into files that are shared, and moving both together keeps the hint)."""
     image_shape: tuple[int, int, int]
     images: int
     positions: int
@@ -146,12 +147,7 @@ def model_sha256(model: torch.nn.Module) -> str:
     """SHA-256 (hex) of the model's weights: every state-dict tensor's name, dtype, shape and
     bytes, in name order. It is the same for a model in memory, on any device, and for the
     model `aekit.load` reads back from its run, because it hashes tensors, not file bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return tensors_sha256(model.state_dict())
 
 
 def model_prior(model: Autoencoder, prior: IndexPrior | None = None) -> IndexPrior:
@@ -256,6 +252,12 @@ def decode_payload(payload: bytes, prior: IndexPrior, images: int, slots: int) -
 
     if len(payload) % 4:
         raise AekitError("the payload is not a whole number of 32-bit words (corrupted)")
+    most = most_images(prior, slots, len(payload))
+    if images > most:
+        raise AekitError(
+            f"the header claims {images:,} images; {len(payload):,} bytes of payload hold at "
+            f"most {most:,} under this prior (corrupted or forged)"
+        )
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     out = np.empty((images, prior.positions, slots), dtype=np.int64)
@@ -263,11 +265,21 @@ def decode_payload(payload: bytes, prior: IndexPrior, images: int, slots: int) -
         for p in range(prior.positions):
             for s in range(slots):
                 out[:, p, s] = decoder.decode(_categorical(prior, p, s), images)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, AssertionError) as e:
         raise AekitError(f"the payload cannot be decoded (corrupted): {e}") from None
     if not decoder.maybe_exhausted():
         raise AekitError("the payload has data left after the last index (corrupted)")
     return torch.from_numpy(out)
+
+
+def most_images(prior: IndexPrior, slots: int, payload_bytes: int) -> int:
+    """How many images a payload can hold at most: each costs at least the code length of the
+    likeliest index at every position, so a header claiming more is refused before its
+    indices are allocated. Twice the bound, plus two words, covers the coder's quantised
+    probabilities and its flush."""
+    likeliest = prior._probability_table()[:, :slots].amax(-1)
+    fewest_bits = float(-torch.log2(likeliest).sum())
+    return int(2 * (8 * payload_bytes + 64) / max(fewest_bits, 1e-9)) + 1
 
 
 def _indices_crc32(indices: torch.Tensor) -> int:
@@ -311,7 +323,7 @@ def compress_indices(
         recipe=model.config.recipe,
         model_sha256=model_sha256(model),
         prior_sha256=prior.identity,
-        run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
+        run_dir=str(run_dir) if run_dir is not None else None,
         image_shape=tuple(int(d) for d in model.input_shape),  # type: ignore[arg-type]
         images=int(idx.shape[0]),
         positions=prior.positions,
@@ -370,10 +382,16 @@ def _split(data: bytes) -> tuple[Header, bytes]:
             header_bytes=header_len,
             payload_bytes=payload_len,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise AekitError(f"the file's header is invalid ({type(e).__name__}: {e})") from None
+    except (
+        UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError,
+        RecursionError,
+    ) as e:  # fmt: skip
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise AekitError(f"the file's header is invalid ({reason})") from None
     if len(header.image_shape) != 3 or header.images < 1 or header.slots < 1:
         raise AekitError("the file's header is invalid (image shape, images or slots)")
+    if header.run_dir is not None and not isinstance(header.run_dir, str):
+        raise AekitError("the file's header is invalid (run_dir is not a path)")
     return header, data[_PREFIX.size + header_len : expected - _CRC.size]
 
 
@@ -409,7 +427,9 @@ def decompress_indices(
     if header.coder != CODER:
         raise AekitError(f"the file uses entropy coder {header.coder!r}; this aekit has {CODER!r}")
     expected = (tuple(model.input_shape), prior.positions, prior.codebook_sizes[: header.slots])
-    if (header.image_shape, header.positions, header.codebook_sizes) != expected:
+    if header.slots > prior.slots or (
+        (header.image_shape, header.positions, header.codebook_sizes) != expected
+    ):
         raise AekitError("the file's header does not match its model (shape or codebooks)")
     indices = decode_payload(payload, prior, header.images, header.slots)
     if _indices_crc32(indices) != header.indices_crc32:

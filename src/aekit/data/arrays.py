@@ -9,6 +9,7 @@ declared array must fit in the bytes that hold it before anything is allocated.
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -36,13 +37,24 @@ def _header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
         if version not in readers:
             raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
         shape, _, dtype = readers[version](f)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise AekitError(f"{where}: not a readable .npy array ({_one_line(e)})") from None
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        SyntaxError,
+        TypeError,
+        tokenize.TokenError,
+        RecursionError,
+        MemoryError,
+    ) as e:  # numpy parses the header as a Python literal; each of these means "not one"
+        raise AekitError(f"{where}: not a readable .npy file ({_one_line(e)})") from None
     if dtype.hasobject:
         raise AekitError(
             f"{where}: holds Python objects (dtype {dtype}); aekit never unpickles, save an "
             "array of numbers"
         )
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise AekitError(f"{where}: not a readable .npy file (shape {shape})")
     return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
@@ -63,8 +75,8 @@ def read_npy(path: str | Path) -> np.ndarray:
             _declared_fits(shape, dtype, nbytes, size - f.tell(), str(path))
             f.seek(0)
             return np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise AekitError(f"{path}: not a readable .npy array ({_one_line(e)})") from None
+    except (ValueError, OSError, EOFError, OverflowError) as e:
+        raise AekitError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -88,6 +100,6 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     _declared_fits(shape, dtype, nbytes, info.file_size - header_bytes, where)
                 with archive.open(info) as f:
                     arrays[info.filename[: -len(".npy")]] = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile, zlib.error) as e:
         raise AekitError(f"{path}: not a readable .npz archive ({_one_line(e)})") from None
     return arrays

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 from aekit.components import SavedConfig
 from aekit.errors import AekitError
@@ -57,6 +59,20 @@ class DataConfig(SavedConfig):
     columns: list[int] | None = None
     """The kept columns of rows x features data after `standard` dropped the constant ones
     (resolved like offset and divisor; None: all)."""
+
+    PATHS: ClassVar[tuple[str, ...]] = ("source", "data_dir", "labels")
+    """Fields that may name files: saved absolute, so that `aekit eval RUN` works from any
+    working directory."""
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        for name in self.PATHS:
+            value = values[name]
+            if isinstance(value, str) and value not in BUILTIN_SOURCES:
+                path = Path(value).expanduser()
+                if path.exists():
+                    values[name] = str(path.resolve())
+        return values
 
     def __post_init__(self) -> None:
         if self.shape is not None:

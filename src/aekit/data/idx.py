@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -49,7 +50,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < header:
         raise AekitError(f"{path}: truncated: header of {ndim} dimensions cut short")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no int64 wrap-around
     held = len(data) - header
     if held != expected:
         problem = "truncated" if held < expected else "trailing data"
@@ -59,5 +60,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise AekitError(
             f"{path}: {problem}: header says {size} = {expected} bytes, file holds {held}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    except ValueError:  # an empty array whose other sizes overflow numpy's index type
+        raise AekitError(f"{path}: dimensions {dims} are too large") from None
     return array.astype(dtype.newbyteorder("="))  # a writable, native-endian copy

@@ -24,7 +24,7 @@ def open_image(path: Path) -> Any:
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise AekitError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
+        raise AekitError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
 
 
 def is_grey(image: Any) -> bool:

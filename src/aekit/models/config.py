@@ -18,6 +18,7 @@ from aekit.components import (
     type_name,
 )
 from aekit.corruption import CORRUPTIONS
+from aekit.data.tensor_data import MAX_LABEL_CLASSES
 from aekit.errors import AekitError
 from aekit.likelihoods import LIKELIHOODS
 from aekit.nets import NETS
@@ -93,6 +94,10 @@ class ModelConfig:
         self.latent_dim = int(self.latent_dim)
         if self.condition_classes < 0 or self.condition_dim < 0:
             raise AekitError("condition_classes and condition_dim must be non-negative")
+        if self.condition_classes > MAX_LABEL_CLASSES:
+            raise AekitError(
+                f"condition_classes is {self.condition_classes:,}; at most {MAX_LABEL_CLASSES:,}"
+            )
         if self.condition_classes and self.condition_dim:
             raise AekitError("condition on labels (condition_classes) or vectors, not both")
 
@@ -127,7 +132,10 @@ class ModelConfig:
         try:
             slots = {}
             for slot in SLOTS:
-                values = dict(d.pop(slot))
+                values = d.pop(slot)
+                if not isinstance(values, dict):
+                    raise AekitError(f"model config: {slot} must be a mapping (got {values!r})")
+                values = dict(values)
                 slots[slot] = Component.saved(slot, values.pop("kind"), values)
             known = {f.name for f in fields(cls)}
             unknown = set(d) - known

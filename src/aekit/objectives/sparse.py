@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -75,6 +76,8 @@ class SparseCodingOptions:
     """Nested prefix sizes m_1 < ... < latents: the loss averages the reconstruction term of
     each prefix of the dictionary; the full dictionary is always the last prefix (the
     sae-matryoshka recipe: 64, 256, 1024, ... below the latent count)."""
+    AUTO: ClassVar[tuple[str, ...]] = ("matryoshka",)
+    """Fields that may say "auto": resolved from the model's widths (`resolved`)."""
 
     def __post_init__(self) -> None:
         if self.reconstruction not in RECONSTRUCTIONS:

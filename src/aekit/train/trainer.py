@@ -168,6 +168,9 @@ class Trainer:
         path = self.run_dir / ckpt.LAST
         if not path.is_file():
             raise AekitError(f"{self.run_dir} has no checkpoint to resume ({ckpt.LAST} is missing)")
+        from aekit.compress.versions import keep_version
+
+        keep_version(self.run_dir)  # the weights and prior that compressed files name
         saved, self.random_state = ckpt.load_checkpoint(path, self.model, optimizer)
         known = {f.name for f in dataclasses.fields(TrainerState)}
         if not isinstance(saved, dict) or not {"epoch", "step"} <= set(saved) <= known:
