@@ -139,6 +139,15 @@ READERS = {
 }
 """Commands that read a whole run (the report also reads metrics and figures)."""
 
+METRICS_EDITS = {
+    "bad-epoch": '{"epoch": "two", "train": {}}',
+    "null-train-record": '{"epoch": 2, "train": null}',
+    "list-record": "[1, 2]",
+    "bad-val": '{"epoch": 2, "train": {}, "val": 3}',
+    "torn-middle": '{"epoch": 2, "tra',
+}
+"""Hand edits of metrics.jsonl (a line that is not the last, so not a torn write)."""
+
 RESUMING = "train --resume {run} --epochs 2 --no-progress"
 CHECKPOINT_EDITS = ("ckpt-truncated", "ckpt-garbage", "ckpt-meta", "ckpt-missing-tensor")
 
@@ -189,6 +198,9 @@ def cases() -> list[tuple[str, str]]:
     for name, command in READERS.items():
         add((f"{name}-missing-run", command.replace("{run}", "{R}/nowhere")))
         add((f"{name}-run-is-file", command.replace("{run}", "{R}/x.npy")))
+    for name in METRICS_EDITS:
+        add((f"report-metrics-{name}", f"report {{R}}/runs/metrics-{name}"))
+        add((f"resume-metrics-{name}", RESUMING.replace("{run}", f"{{R}}/runs/metrics-{name}")))
     add(("resume-missing-run", RESUMING.replace("{run}", "{R}/nowhere")))
     add(("resume-other-recipe", "train ae --resume {R}/run --epochs 2"))
     add(("resume-changed-model", "train --resume {R}/run --latent-dim 3"))
@@ -545,6 +557,10 @@ def world(tmp_path_factory):
     train("compress", root / "vq-gone", root / "x.npy", "-o", root / "gone.aek")
     shutil.rmtree(root / "vq-gone")
     runs = root / "runs"
+    for edit, line in METRICS_EDITS.items():
+        shutil.copytree(root / "run", runs / f"metrics-{edit}")
+        with (runs / f"metrics-{edit}" / "metrics.jsonl").open("a") as f:
+            f.write(line + "\n" + '{"epoch": 3, "train": {}}\n')
     for edit in [*CONFIG_EDITS, *WEIGHT_EDITS, *DIR_EDITS, *CHECKPOINT_EDITS]:
         shutil.copytree(root / "run", runs / edit)
         if edit in CONFIG_EDITS:

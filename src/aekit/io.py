@@ -71,22 +71,37 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise AekitError(f"{what} {path} is not valid JSON ({e})") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn last line left by a crash."""
+def read_jsonl(
+    path: str | os.PathLike, fields: dict[str, tuple[type, ...]] | None = None
+) -> list[dict]:
+    """Read a JSON-lines file, ignoring a torn last line left by a crash. Each record must be
+    an object; with `fields`, each named field must be present with one of its types (a
+    hand-edited line is refused naming it, not met later as a TypeError)."""
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise AekitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             if i == len(lines) - 1:
                 break
             raise AekitError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise AekitError(f"{path}: line {i + 1} is not a JSON object")
+        for name, types in (fields or {}).items():
+            value = record.get(name)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+                raise AekitError(f"{path}: line {i + 1}: {name} must be {wanted} (got {value!r})")
+        records.append(record)
     return records
 
 

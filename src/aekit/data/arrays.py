@@ -53,7 +53,9 @@ def _header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
             f"{where}: holds Python objects (dtype {dtype}); aekit never unpickles, save an "
             "array of numbers"
         )
-    if any(not isinstance(d, int) or d < 0 for d in shape):
+    if any(not isinstance(d, int) or d < 0 for d in shape) or (
+        math.prod(d for d in shape if d) * dtype.itemsize >= 2**63
+    ):  # negative sizes, or sizes numpy's int64 arithmetic overflows on even when empty
         raise AekitError(f"{where}: not a readable .npy file (shape {shape})")
     return shape, dtype, math.prod(shape) * dtype.itemsize
 
@@ -101,5 +103,5 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                 with archive.open(info) as f:
                     arrays[info.filename[: -len(".npy")]] = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile, zlib.error) as e:
-        raise AekitError(f"{path}: not a readable .npz archive ({_one_line(e)})") from None
+        raise AekitError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
     return arrays

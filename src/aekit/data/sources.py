@@ -271,7 +271,9 @@ def _read_npy(path: Path) -> _Raw:
 
 
 def _read_npz(path: Path) -> _Raw:
-    if not zipfile.is_zipfile(path):  # a .npy under another name: take it as is
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"
+    if not zipped:  # a .npy under another name: take it as is
         return _Raw(_image_layout(read_npy(path)), None, str(path))
     archive = read_npz(path)
     keys = list(archive)

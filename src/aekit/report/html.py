@@ -24,7 +24,15 @@ from aekit.io import atomic_write_text, read_json, read_jsonl
 from aekit.models.autoencoder import Autoencoder
 from aekit.report import figures
 from aekit.report.images import is_image_shape
-from aekit.train.checkpoint import EVAL, METRICS, REPORT, load, read_config
+from aekit.train.checkpoint import (
+    EVAL,
+    METRICS,
+    METRICS_FIELDS,
+    REPORT,
+    STEPS_FIELDS,
+    load,
+    read_config,
+)
 from aekit.train.trainer import STEPS
 
 FIGURES = "figures"
@@ -491,8 +499,8 @@ def build_report(
     model = load(run_dir) if model is None else model
     if config["kind"] == "group":
         return _group_report(run_dir, config, model, opened, source_model)
-    history = read_jsonl(run_dir / METRICS)
-    steps = read_jsonl(run_dir / STEPS) if (run_dir / STEPS).is_file() else []
+    history = read_jsonl(run_dir / METRICS, METRICS_FIELDS)
+    steps = read_jsonl(run_dir / STEPS, STEPS_FIELDS) if (run_dir / STEPS).is_file() else []
     notes: list[str] = []
     evaluation = read_json(run_dir / EVAL, "eval file") if (run_dir / EVAL).is_file() else None
     metrics = (evaluation or {}).get("metrics", {})
@@ -565,9 +573,9 @@ def _group_report(
 
     evaluation = read_json(run_dir / EVAL, "eval file") if (run_dir / EVAL).is_file() else None
     metrics = (evaluation or {}).get("metrics", {})
-    history = read_jsonl(run_dir / METRICS)
+    history = read_jsonl(run_dir / METRICS, METRICS_FIELDS)
     last = history[-1].get("val", {}) if history else {}
-    steps = read_jsonl(run_dir / STEPS) if (run_dir / STEPS).is_file() else []
+    steps = read_jsonl(run_dir / STEPS, STEPS_FIELDS) if (run_dir / STEPS).is_file() else []
     (run_dir / FIGURES).mkdir(exist_ok=True)
     rows, links, notes = [], [], []
     shown = metrics if metrics else last

@@ -31,6 +31,9 @@ LAST = "checkpoints/last.safetensors"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 REPORT = "report.html"
+METRICS_FIELDS = {"epoch": (int,), "train": (dict,), "val": (dict, type(None))}
+"""What every line of metrics.jsonl holds (checked on reading: resume and report use them)."""
+STEPS_FIELDS = {"step": (int,)}
 
 
 def _cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:

@@ -184,11 +184,17 @@ class Trainer:
             ckpt.check_state(self.model, self.best_state, path)
         # Epochs after the checkpoint (a crash between metrics and checkpoint) are redone.
         self.history = [
-            r for r in read_jsonl(self.run_dir / ckpt.METRICS) if r["epoch"] <= self.state.epoch
+            r
+            for r in read_jsonl(self.run_dir / ckpt.METRICS, ckpt.METRICS_FIELDS)
+            if r["epoch"] <= self.state.epoch
         ]
         atomic_write_jsonl(self.run_dir / ckpt.METRICS, self.history)
         if (self.run_dir / STEPS).is_file():
-            kept = [r for r in read_jsonl(self.run_dir / STEPS) if r["step"] <= self.state.step]
+            kept = [
+                r
+                for r in read_jsonl(self.run_dir / STEPS, ckpt.STEPS_FIELDS)
+                if r["step"] <= self.state.step
+            ]
             atomic_write_jsonl(self.run_dir / STEPS, kept)
         ckpt.write_config(self.run_dir, self._config_sections())
         log.info(
