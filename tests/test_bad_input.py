@@ -588,6 +588,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def test_there_are_enough_cases():
     assert len(CASES) >= 300, len(CASES)
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"runs {len(CASES)} such cases" in readme, "update the count in README.md"
     names = [name for name, _ in CASES]
     assert len(set(names)) == len(names)
     commands = {command.split()[0] for _, command in CASES}
