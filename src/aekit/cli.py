@@ -692,8 +692,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from aekit.bench import load_suite, run_suite, write_leaderboard
 
-    if args.threads is not None and args.threads < 1:
-        raise AekitError(f"--threads must be at least 1 (got {args.threads})")
     if args.suite == "odds":
         return cmd_bench_odds(args)
 

@@ -77,8 +77,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from aekit.detector import Detector, DetectorConfig
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise AekitError(f"--threads must be at least 1 (got {args.threads})")
         torch.set_num_threads(args.threads)
     logging.getLogger("aekit").setLevel(logging.WARNING)  # one summary, not a line per epoch
     scores = _score_names(args.score)
