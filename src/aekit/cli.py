@@ -538,6 +538,7 @@ def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace)
             splits.test.to(trainer.device),
             batch_size=trainer.config.eval_batch_size,
             nll_k=trainer.config.nll_k,
+            nll_examples=trainer.config.nll_examples,
         )
         write_eval(run / ckpt.EVAL, metrics, split="test", source=splits.spec.source)
         print_metrics(metrics)

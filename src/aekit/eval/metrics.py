@@ -37,6 +37,7 @@ def evaluate(
     seed: int = 0,
     detailed: bool = False,
     nll_k: int = 0,
+    nll_examples: int = 0,
 ) -> dict[str, Any]:
     """Mean of the objective's terms over `data` (schedules at their end), reconstruction
     MSE, and with `detailed`: bits/dim, KL per latent dimension, active units, and the
@@ -125,7 +126,9 @@ def evaluate(
     results["code_variance"] = variance.tolist()
     results["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
     if nll_k > 0 and model.bottleneck.has_density:
-        results.update(importance_sampled_nll(model, data, k=nll_k, seed=seed))
+        # The estimator on the first nll_examples (0: all) examples: its cost is k passes each.
+        subset = data.subset(slice(0, nll_examples)) if 0 < nll_examples < len(data) else data
+        results.update(importance_sampled_nll(model, subset, k=nll_k, seed=seed))
     return results
 
 

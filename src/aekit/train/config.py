@@ -39,6 +39,10 @@ class TrainConfig(SavedConfig):
     """Examples per batch in validation and evaluation."""
     nll_k: int = 100
     """Importance samples per example of the test -log p(x) after training (0: skip)."""
+    nll_examples: int = 1000
+    """Test examples of that -log p(x): the first N of the test split (0: all). The default
+    keeps the end of training cheaper than an epoch on Fashion-MNIST (`benchmarks/
+    end_of_run.py`); `aekit eval RUN` estimates it on the whole test split."""
     out: str | None = None
     """Run directory (config, weights, checkpoints, metrics, report); None: keep nothing on disk."""
     overwrite: bool = False
@@ -66,6 +70,7 @@ class TrainConfig(SavedConfig):
                 raise AekitError(f"{name} must be finite (got {getattr(self, name)})")
         for name in (
             "weight_decay", "warmup_steps", "grad_clip", "patience", "min_lr_ratio", "nll_k",
+            "nll_examples",
             "log_every", "checkpoint_every",
         ):  # fmt: skip
             # `not >= 0` also refuses NaN, which `< 0` lets through.

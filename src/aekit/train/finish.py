@@ -48,6 +48,7 @@ def evaluate_trained(
     *,
     batch_size: int = 1000,
     nll_k: int = 0,
+    nll_examples: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """`evaluate(detailed=True)` plus, for a quantizer with a fitted index prior on images,
@@ -55,7 +56,15 @@ def evaluate_trained(
     `aekit compress` approaches)."""
     from aekit.compress.index_prior import IndexPrior, ideal_bits_per_pixel
 
-    metrics = evaluate(model, data, batch_size=batch_size, seed=seed, detailed=True, nll_k=nll_k)
+    metrics = evaluate(
+        model,
+        data,
+        batch_size=batch_size,
+        seed=seed,
+        detailed=True,
+        nll_k=nll_k,
+        nll_examples=nll_examples,
+    )
     if isinstance(model.latent_density, IndexPrior) and len(model.input_shape) == 3:
         metrics["index_prior_bits_per_pixel"] = ideal_bits_per_pixel(
             model, model.latent_density, data

@@ -48,6 +48,21 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
+def fastest_adam(cls: type, params: Any, **options: Any) -> torch.optim.Optimizer:
+    """Adam or AdamW with torch's fused kernel where this torch and device have one (CPU since
+    torch 2.4, CUDA, MPS), else torch's default (the foreach or per-parameter loop).
+
+    The fused step is one kernel over all parameters instead of a loop of small ops: in a
+    bare VAE loop on this 2-core CPU the optimiser was 37 % of the step, and fused Adam
+    took the step from 17.6 to 13.4 ms (`benchmarks/optimizer.py` measures it). The update is
+    Adam's, equal to the unfused one up to float rounding."""
+    params = list(params)
+    try:
+        return cls(params, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without it
+        return cls(params, **options)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,8 +218,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
-        return cls(
-            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        return fastest_adam(
+            cls, self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
 
     # ---------------------------------------------------------------- the loop
