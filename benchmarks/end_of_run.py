@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers.common import save_result  # noqa: E402
+from peers.common import save_result
 
 EVAL = """
 import json, resource, sys, time, torch
