@@ -70,6 +70,8 @@ RULES = {
     ),
 }
 """package prefix -> (the rule, whether an import of `target` breaks it)."""
+COMMAND_LINE = ("aekit.cli", "aekit.__main__")
+"""The command line and its entry point (which answers `aekit models` before importing it)."""
 
 
 def module_name(path: Path) -> str:
@@ -171,7 +173,7 @@ def test_layering_rules(prefix):
         for module, targets in GRAPH.items()
         if module == prefix or module.startswith(prefix + ".")
         for target in targets
-        if breaks(target) and not (prefix == "aekit" and module == "aekit.cli")
+        if breaks(target) and not (prefix == "aekit" and module in COMMAND_LINE)
     ]
     assert not broken, f"{rule}: {broken}"
 

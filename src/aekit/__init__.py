@@ -10,17 +10,58 @@ sae = aekit.build("sae-topk", input_shape=(384,), k=32)   # the same house: a di
 detector = aekit.Detector().fit(X)                        # any recipe as an anomaly detector
 """
 
-from aekit.data import DataConfig, TensorData, load_data
-from aekit.data.activations import ActivationSource, ActivationStore, open_source
-from aekit.detector import Detector, DetectorConfig
-from aekit.errors import AekitError, TrainingDiverged, TrainingInterrupted
-from aekit.eval import evaluate, gradient_snr, importance_sampled_nll, log_likelihood
-from aekit.models import Autoencoder, AutoencoderOutput, GroupMember, ModelConfig, ModelGroup
-from aekit.priors import PRIORS, prior_from_sampler
-from aekit.registry import RECIPES, build, model_config
-from aekit.sparse import SparseCode
-from aekit.train import FitResult, TrainConfig, Trainer, load
+import importlib
+from typing import Any
+
 from aekit.version import __version__
+
+_EXPORTS = {
+    "DataConfig": "aekit.data",
+    "TensorData": "aekit.data",
+    "load_data": "aekit.data",
+    "ActivationSource": "aekit.data.activations",
+    "ActivationStore": "aekit.data.activations",
+    "open_source": "aekit.data.activations",
+    "Detector": "aekit.detector",
+    "DetectorConfig": "aekit.detector",
+    "AekitError": "aekit.errors",
+    "TrainingDiverged": "aekit.errors",
+    "TrainingInterrupted": "aekit.errors",
+    "evaluate": "aekit.eval",
+    "gradient_snr": "aekit.eval",
+    "importance_sampled_nll": "aekit.eval",
+    "log_likelihood": "aekit.eval",
+    "Autoencoder": "aekit.models",
+    "AutoencoderOutput": "aekit.models",
+    "GroupMember": "aekit.models",
+    "ModelConfig": "aekit.models",
+    "ModelGroup": "aekit.models",
+    "PRIORS": "aekit.priors",
+    "prior_from_sampler": "aekit.priors",
+    "RECIPES": "aekit.recipes",
+    "build": "aekit.registry",
+    "model_config": "aekit.registry",
+    "SparseCode": "aekit.sparse",
+    "FitResult": "aekit.train",
+    "TrainConfig": "aekit.train",
+    "Trainer": "aekit.train",
+    "load": "aekit.train",
+}
+"""Where each public name lives. They are imported on first use (PEP 562), so that
+`import aekit` and `aekit models` do not pay for torch until something needs it."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'aekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "PRIORS",

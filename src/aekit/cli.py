@@ -355,9 +355,9 @@ def add_data_choice(p: argparse.ArgumentParser, default_split: str) -> None:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_models(_: argparse.Namespace) -> int:
-    width = max(len(name) for name in RECIPES)
-    for name, recipe in RECIPES.items():
-        print(f"{name:<{width}}  {recipe.summary}  [{recipe.paper}]")
+    from aekit.recipes import recipe_table
+
+    print(recipe_table())
     return 0
 
 
