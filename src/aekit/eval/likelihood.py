@@ -73,7 +73,6 @@ def log_likelihood(
     return total - math.log(k)
 
 
-@torch.no_grad()
 TRIM_EVERY = 8
 """Estimator batches between heap trims: without them a Fashion-MNIST conv VAE grew by about
 6 MB a batch; each trim costs about a tenth of a batch (`benchmarks/end_of_run.py`)."""
@@ -104,6 +103,7 @@ def _malloc_trim() -> Any:
         return None
 
 
+@torch.no_grad()
 def importance_sampled_nll(
     model: Autoencoder,
     data: TensorData,
