@@ -52,10 +52,11 @@ def fastest_adam(cls: type, params: Any, **options: Any) -> torch.optim.Optimize
     """Adam or AdamW with torch's fused kernel where this torch and device have one (CPU since
     torch 2.4, CUDA, MPS), else torch's default (the foreach or per-parameter loop).
 
-    The fused step is one kernel over all parameters instead of a loop of small ops: in a
-    bare VAE loop on this 2-core CPU the optimiser was 37 % of the step, and fused Adam
-    took the step from 17.6 to 13.4 ms (`benchmarks/optimizer.py` measures it). The update is
-    Adam's, equal to the unfused one up to float rounding."""
+    The fused step is one pass over all parameters instead of a loop of small ops: in the
+    textbook VAE loop on Fashion-MNIST it took 6-9 % off a step on 2 shared CPU cores (MLP
+    784-512-256-16: 14.6 -> 13.2 ms at 1 thread, 10.1 -> 9.3 ms at 2; conv body: 50.5 ->
+    47.7 ms at 1 thread, no gain at 2: 30.3 -> 31.1 ms; `benchmarks/optimizer.py`). The
+    update is Adam's, equal to the unfused one up to float rounding."""
     params = list(params)
     try:
         return cls(params, fused=True, **options)
