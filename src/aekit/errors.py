@@ -1,6 +1,13 @@
 """The one exception type users see: a clear, one-line message about what is wrong."""
 
 
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (whatever a library put in it), at most `limit`
+    characters, or its type's name when it has none."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 class AekitError(Exception):
     """A problem with the user's input (data, file, option or model name).
 

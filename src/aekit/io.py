@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 
 @contextlib.contextmanager
@@ -125,8 +125,7 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Any], dict[
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as e:
-        reason = " ".join(str(e).split())  # one line, whatever the library says
-        raise AekitError(f"{what} {path} is unreadable or corrupt ({reason})") from None
+        raise AekitError(f"{what} {path} is unreadable or corrupt ({one_line(e)})") from None
     expected = metadata.get(CHECKSUM)
     if expected is not None and expected != tensors_sha256(tensors):
         raise AekitError(

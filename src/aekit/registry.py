@@ -13,7 +13,7 @@ from torch import nn
 
 from aekit.bottlenecks import BOTTLENECKS, KSparse, Quantizer
 from aekit.components import Dims, options_class
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 from aekit.models.autoencoder import Autoencoder
 from aekit.models.config import SLOTS, Component, ModelConfig
 from aekit.nets import NETS, build_networks, grid_positions, resolve_body
@@ -254,8 +254,7 @@ def run_custom(module: nn.Module, role: str, x: torch.Tensor) -> torch.Tensor:
         return module(x)
     except (RuntimeError, ValueError, TypeError) as e:
         raise AekitError(
-            f"the custom {role} fails on an input of shape {tuple(x.shape)}: "
-            f"{' '.join(str(e).split())}"
+            f"the custom {role} fails on an input of shape {tuple(x.shape)}: {one_line(e)}"
         ) from None
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from aekit.compress.index_prior import IndexPrior
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 from aekit.io import atomic_write_bytes, tensors_sha256
 from aekit.version import __version__
 
@@ -386,7 +386,7 @@ def _split(data: bytes) -> tuple[Header, bytes]:
         UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError,
         RecursionError,
     ) as e:  # fmt: skip
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        reason = f"{type(e).__name__}: {one_line(e, 200)}"
         raise AekitError(f"the file's header is invalid ({reason})") from None
     if len(header.image_shape) != 3 or header.images < 1 or header.slots < 1:
         raise AekitError("the file's header is invalid (image shape, images or slots)")

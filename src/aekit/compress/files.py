@@ -16,7 +16,7 @@ import numpy as np
 from aekit.compress.baselines import pil_image, to_uint8
 from aekit.data.arrays import read_npy
 from aekit.data.images import image_pixels, open_image
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 from aekit.io import atomic_path
 
 
@@ -35,7 +35,7 @@ def _read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
                 )
             pixels = image_pixels(image, grey=c == 1)
     except (OSError, ValueError) as e:  # decoding fails only when the pixels are read
-        raise AekitError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
+        raise AekitError(f"{path}: not a readable image ({one_line(e)})") from None
     pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
     return pixels[None].astype(np.float32) / 255
 

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def fetch(
                 return dest_dir / filename
         except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as e:
             # OSError covers URLError, HTTPError, timeouts and a corrupt gzip stream.
-            failures.append(f"{url}: {_describe(e)}")
+            failures.append(f"{url}: {one_line(e)}")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -124,10 +124,6 @@ def fetch(
         f"could not download {filename} ({tried}); to use a local copy, "
         "pass --data-dir DIR or set AEKIT_DATA to a folder holding it"
     )
-
-
-def _describe(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__  # keep the message on one line
 
 
 def download_dataset(name: str, dest_dir: Path, timeout: float = 30) -> None:

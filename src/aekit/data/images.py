@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -24,7 +24,7 @@ def open_image(path: Path) -> Any:
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise AekitError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
+        raise AekitError(f"{path}: unreadable image ({one_line(e)})") from None
 
 
 def is_grey(image: Any) -> bool:

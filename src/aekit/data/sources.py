@@ -22,7 +22,7 @@ from aekit.data.images import image_pixels, is_grey, open_image
 from aekit.data.tabular import fit_standardization
 from aekit.data.tensor_data import Splits, TensorData
 from aekit.data.validate import check_array, check_labels
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def _read_mat(path: Path) -> _Raw:
             "save(..., '-v7') or as .npz"
         ) from None
     except (ValueError, OSError, TypeError) as e:
-        raise AekitError(f"{path}: not a readable .mat file ({_one_line(e)})") from None
+        raise AekitError(f"{path}: not a readable .mat file ({one_line(e)})") from None
     keys = [k for k in contents if not k.startswith("__")]
     x_key = next((k for k in NPZ_X_KEYS if k in keys), None)
     if x_key is None:
@@ -331,7 +331,7 @@ def _read_csv(path: Path, label_column: str | int | None) -> _Raw:
             first = next((row for row in reader if row), None)
             first_line = reader.line_num
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise AekitError(f"{path}: cannot read as CSV ({_one_line(e)})") from None
+        raise AekitError(f"{path}: cannot read as CSV ({one_line(e)})") from None
     if first is None:
         raise AekitError(f"{path}: no examples (empty data)")
     header = None if all(_is_number(c) for c in first) else [c.strip() for c in first]
@@ -350,7 +350,7 @@ def _read_csv(path: Path, label_column: str | int | None) -> _Raw:
                 quotechar='"',
             )
     except ValueError as e:
-        where = _find_bad_csv_cell(path, skip, len(first)) or _one_line(e)
+        where = _find_bad_csv_cell(path, skip, len(first)) or one_line(e)
         raise AekitError(f"{path}: {where}") from None
     if data.size == 0:
         raise AekitError(f"{path}: no examples (empty data)")
@@ -407,7 +407,7 @@ def _read_label_file(name: str) -> np.ndarray:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise AekitError(f"{path}: cannot read ({_one_line(e)})") from None
+        raise AekitError(f"{path}: cannot read ({one_line(e)})") from None
     values: list[float] = []
     first = True
     for number, line in enumerate(lines, start=1):
@@ -477,7 +477,7 @@ def _load_images(
                 grey = grayscale if grayscale is not None else is_grey(image)
                 array = image_pixels(image, grey)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise AekitError(f"{path}: unreadable image ({_one_line(e)})") from None
+            raise AekitError(f"{path}: unreadable image ({one_line(e)})") from None
         if size is not None and array.shape[:2] != tuple(size):
             array = np.asarray(
                 Image.fromarray(array).resize(tuple(size)[::-1], Image.Resampling.BILINEAR)
@@ -493,10 +493,6 @@ def _load_images(
         return np.stack([a if a.ndim == 2 else a[..., 0] for a in pixels])[:, None]
     rgb = np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in pixels])
     return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 # --- splitting and scaling -----------------------------------------------------------------

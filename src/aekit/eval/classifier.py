@@ -27,7 +27,7 @@ from torch import nn
 
 from aekit.data import download
 from aekit.data.validate import check_array, check_labels
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 from aekit.io import atomic_path, atomic_write_json, read_json, read_safetensors
 
 __all__ = [
@@ -444,8 +444,9 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError, ValueError or others on a bad file
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise AekitError(f"{path} is not a readable TorchScript module ({reason})") from None
+        raise AekitError(
+            f"{path} is not a readable TorchScript module ({one_line(e, 200)})"
+        ) from None
 
 
 def _accepts_kwargs(module: Any, kwargs: Mapping[str, Any]) -> bool | None:

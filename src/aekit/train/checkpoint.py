@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 from aekit.io import (
     atomic_write_json,
     read_aekit_safetensors,
@@ -54,7 +54,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # a dtype or layout the checks did not foresee
-        raise AekitError(f"{path} does not fit this model ({' '.join(str(e).split())})") from None
+        raise AekitError(f"{path} does not fit this model ({one_line(e)})") from None
 
 
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 log = logging.getLogger("aekit")
 
@@ -57,11 +57,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     except OSError:
         return False
     return True
-
-
-def _one_line(e: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def minilm_path() -> Path:
@@ -143,12 +138,12 @@ def load_model(
             model = model_class.from_pretrained(where, **options)
     except Exception as e:  # many failure modes (I/O, HTTP, config); all mean "not loadable"
         if source is not None:
-            raise AekitError(f"cannot load the model in {source} ({_one_line(e)})") from None
+            raise AekitError(f"cannot load the model in {source} ({one_line(e, 240)})") from None
         reason = (
             "the Hugging Face Hub is unreachable (HF_HUB_OFFLINE is set, or no network) and "
             "the model is not in the local cache"
             if offline
-            else f"the Hugging Face Hub did not provide it ({_one_line(e, 160)})"
+            else f"the Hugging Face Hub did not provide it ({one_line(e, 160)})"
         )
         raise AekitError(
             f"cannot load model {name!r}: it is not a local directory, and {reason}; "
@@ -158,7 +153,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(where, **options)
     except Exception as e:
         raise AekitError(
-            f"cannot load the tokenizer of {where} ({_one_line(e)}); save it next to the model "
+            f"cannot load the tokenizer of {where} ({one_line(e, 240)}); save it next to the model "
             "with tokenizer.save_pretrained"
         ) from None
     model.eval()
