@@ -17,15 +17,11 @@ from typing import IO
 
 import numpy as np
 
-from aekit.errors import AekitError
+from aekit.errors import AekitError, one_line
 
 DEFLATE_RATIO = 1100
 """Deflate cannot expand data by more than about 1032:1 (RFC 1951's longest match per two
 bits of output), so a member claiming more is a zip bomb or a lie."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -47,7 +43,7 @@ def _header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
         RecursionError,
         MemoryError,
     ) as e:  # numpy parses the header as a Python literal; each of these means "not one"
-        raise AekitError(f"{where}: not a readable .npy file ({_one_line(e)})") from None
+        raise AekitError(f"{where}: not a readable .npy file ({one_line(e)})") from None
     if dtype.hasobject:
         raise AekitError(
             f"{where}: holds Python objects (dtype {dtype}); aekit never unpickles, save an "
@@ -78,7 +74,7 @@ def read_npy(path: str | Path) -> np.ndarray:
             f.seek(0)
             return np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError, OverflowError) as e:
-        raise AekitError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
+        raise AekitError(f"{path}: not a readable .npy file ({one_line(e)})") from None
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -102,6 +98,15 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     _declared_fits(shape, dtype, nbytes, info.file_size - header_bytes, where)
                 with archive.open(info) as f:
                     arrays[info.filename[: -len(".npy")]] = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile, zlib.error) as e:
-        raise AekitError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        OverflowError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:  # zipfile: an unknown compression method, an encrypted member
+        raise AekitError(f"{path}: not a readable .npz file ({one_line(e)})") from None
     return arrays
