@@ -18,17 +18,12 @@ from aekit.models.autoencoder import Autoencoder
 from aekit.models.config import SLOTS, Component, ModelConfig
 from aekit.nets import NETS, build_networks, grid_positions, resolve_body
 from aekit.nets.dictionary import KSPARSE_ENCODER_INIT_NORM
-from aekit.recipes import (  # noqa: F401  (re-exported: the registry's public names)
+from aekit.recipes import (  # noqa: F401  (imported from here before the table moved)
     DEFAULT_KINDS,
-    GAUSSIAN_BOUND,
-    K_SPARSE,
     RECIPES,
-    SAE_TRAIN,
     Recipe,
     get_recipe,
-    register_recipe,
     sae_learning_rate,
-    sae_recipe,
 )
 
 

@@ -277,9 +277,7 @@ def most_images(prior: IndexPrior, slots: int, payload_bytes: int) -> int:
     likeliest index at every position, so a header claiming more is refused before its
     indices are allocated. Twice the bound, plus two words, covers the coder's quantised
     probabilities and its flush."""
-    likeliest = prior._probability_table()[:, :slots].amax(-1)
-    fewest_bits = float(-torch.log2(likeliest).sum())
-    return int(2 * (8 * payload_bytes + 64) / max(fewest_bits, 1e-9)) + 1
+    return int(2 * (8 * payload_bytes + 64) / max(prior.fewest_bits(slots), 1e-9)) + 1
 
 
 def _indices_crc32(indices: torch.Tensor) -> int:

@@ -113,6 +113,12 @@ class IndexPrior:
         smoothed = torch.where(valid, self.counts + self.alpha, torch.zeros(()).double())
         return smoothed / smoothed.sum(-1, keepdim=True)
 
+    def fewest_bits(self, slots: int) -> float:
+        """The shortest code of one example under the prior: -log2 of the likeliest index at
+        each position, over the first `slots` slots."""
+        likeliest = self._probability_table()[:, :slots].amax(-1)
+        return float(-torch.log2(likeliest).sum())
+
     def probabilities(self, position: int, slot: int) -> np.ndarray:
         """p(k) for the codes k = 0..K-1 of one (position, slot), float64, summing to 1."""
         if not (0 <= position < self.positions and 0 <= slot < self.slots):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from aekit.compress.index_prior import INDEX_PRIOR, IndexPrior
-from aekit.io import read_safetensors, tensors_sha256
+from aekit.io import CHECKSUM, read_safetensors, tensors_sha256
 
 VERSIONS = "versions"
 WEIGHTS = "model.safetensors"
@@ -30,7 +30,9 @@ def keep_version(run_dir: Path) -> Path | None:
     weights, prior = run_dir / WEIGHTS, run_dir / INDEX_PRIOR
     if not (weights.is_file() and prior.is_file()):
         return None
-    sha = tensors_sha256(read_safetensors(weights, "weights file")[0])
+    tensors, metadata = read_safetensors(weights, "weights file")
+    # read_safetensors has checked the stored checksum against the tensors: reuse it.
+    sha = metadata.get(CHECKSUM) or tensors_sha256(tensors)
     target = run_dir / VERSIONS / sha[:KEY_LENGTH]
     if (target / WEIGHTS).is_file() and (target / INDEX_PRIOR).is_file():
         return target

@@ -203,7 +203,7 @@ def _describe(saved: dict[str, Any]) -> str:
 
 
 def _temporary(name: str) -> bool:
-    """A temporary file of `io.atomic_path` (.NAME.XXXX.tmp)."""
+    """A temporary file of `io.atomic_path`: `.NAME.<random>.tmp`."""
     return name.startswith(".") and name.endswith(".tmp")
 
 
