@@ -99,7 +99,7 @@ from aekit.eval.splice import splice_effect
 from aekit.registry import sae_learning_rate
 from aekit.sparse import SparseCode
 from aekit.train.runs import model_for_source, recipe_train_config, train_on_source
-from aekit.train.trainer import Trainer, derive_seed
+from aekit.train.trainer import Trainer, derive_seed, fastest_adam
 
 HERE = Path(__file__).resolve().parent
 RECIPES = (
@@ -191,9 +191,10 @@ class SparsifyStep:
         if optimiser == "adam":
             # aekit's optimiser: Adam, aekit's lr (the same 2e-4/sqrt(n/2^14) rule sparsify
             # uses for adam), constant, no warm-up (sparsify's adam default adds a 1,000-step
-            # warm-up and a linear decay to 0).
+            # warm-up and a linear decay to 0), with torch's fused kernel as aekit's Trainer
+            # builds it, so that the two sides differ in the SAE step only.
             self.lr = sae_learning_rate(n)
-            self.opt = torch.optim.Adam(self.coder.parameters(), lr=self.lr)
+            self.opt = fastest_adam(torch.optim.Adam, self.coder.parameters(), lr=self.lr)
         elif optimiser == "signum":
             from schedulefree import ScheduleFreeWrapper
             from sparsify.sign_sgd import SignSGD
@@ -482,10 +483,11 @@ def real_batches(opened: Any, batch_size: int, n: int = 4) -> list[torch.Tensor]
 def aekit_arm(recipe: str, opened: Any, args: argparse.Namespace, **options: Any) -> Any:
     """A fresh aekit model and the body of aekit's Trainer loop (trainer.py `_train_epoch`)
     for one batch: forward, finiteness check, zero_grad, backward (with the decoder gradient
-    projection), Adam step, after_step (decoder renormalisation)."""
+    projection), Adam step (fused where torch has it, as the Trainer builds it), after_step
+    (decoder renormalisation)."""
     model = build_for(recipe, opened, options, seed=args.seed)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=sae_learning_rate(model.latent_dim))
+    opt = fastest_adam(torch.optim.Adam, model.parameters(), lr=sae_learning_rate(model.latent_dim))
     count = [0]
 
     def step(x: torch.Tensor) -> None:

@@ -81,3 +81,105 @@ def test_listing_the_models_imports_no_torch():
 
     assert out.stdout.strip() == recipe_table().strip()
     assert set(aekit.RECIPES) <= set(recipe_table().split())
+
+
+def test_aekit_help_imports_no_torch_and_is_the_full_parsers_help():
+    code = (
+        "import sys; from aekit.__main__ import main; code = main(['--help']); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from aekit.cli import main_parser
+
+    assert out.stdout == main_parser().format_help()
+    assert "decompress" in out.stdout and "detect" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "block"),
+    [(64, 2, 8), (96, 3, 16), (512, 1, 32), (1024, 32, 32), (2048, 7, 64), (640, 20, 32)],
+)
+def test_the_two_stage_top_k_selects_what_torch_topk_selects(n, k, block):
+    from aekit.sparse import two_stage_topk
+
+    torch.manual_seed(n + k)
+    for score in (torch.randn(37, n), torch.randn(37, n).abs(), torch.rand(37, n) - 2):
+        got = two_stage_topk(score, k, block)
+        want = score.topk(k, dim=1).indices
+        assert torch.equal(got.sort(1).values, want.sort(1).values)
+    # the k largest in one block, or one per block: the boundaries of the argument
+    score = torch.zeros(5, n)
+    score[:, :k] = torch.arange(1, k + 1, dtype=torch.float) + 10
+    assert torch.equal(two_stage_topk(score, k, block).sort(1).values, torch.arange(k).expand(5, k))
+    spread = torch.randn(5, n) * 0.01
+    spread[:, torch.arange(k) * block] += 100
+    got = two_stage_topk(spread, k, block).sort(1).values
+    assert torch.equal(got, (torch.arange(k) * block).expand(5, k))
+
+
+def test_tied_scores_select_the_same_values_as_torch_topk():
+    from aekit.sparse import two_stage_topk
+
+    score = torch.randint(0, 4, (50, 512)).float()  # many ties at the k-th value
+    got = score.gather(1, two_stage_topk(score, 9, 16)).sort(1).values
+    want = score.topk(9, dim=1).values.sort(1).values
+    assert torch.equal(got, want)
+    assert all(len(set(row)) == 9 for row in two_stage_topk(score, 9, 16).tolist())
+
+
+def test_topk_indices_falls_back_where_two_stages_do_not_pay(monkeypatch):
+    from aekit import sparse
+
+    calls = []
+    monkeypatch.setattr(sparse, "two_stage_topk", lambda *a: calls.append(a) or a[0][:, :1])
+    k = 2
+    n = sparse.BLOCKED_TOPK_RATIO * k
+    sparse.topk_indices(torch.randn(3, n - sparse.TOPK_BLOCK), k)
+    sparse.topk_indices(torch.randn(3, n + 1), k)  # not a multiple of the block
+    sparse.topk_indices(torch.randn(n, 3).T, k)  # not contiguous
+    assert calls == []
+    sparse.topk_indices(torch.randn(3, n), k)
+    assert len(calls) == 1
+
+
+def test_the_sae_step_with_its_workspace_is_the_step_without():
+    torch.manual_seed(0)
+    model = aekit.build("sae-topk", (16,), k=3, expansion=64, sparse_decode="sparse")
+    other = copy.deepcopy(model)
+    model.train()
+    other.train()
+    encoder = other.encoder
+    encoder.workspace = None  # Preactivations then allocates afresh, as before
+    xs = [torch.randn(40, 16), torch.randn(40, 16), torch.randn(25, 16), torch.randn(40, 16)]
+    for x in xs:  # the third batch is smaller: the workspace's first rows are used
+        outs = [m(x) for m in (model, other)]
+        for m, out in zip((model, other), outs, strict=True):
+            m.zero_grad()
+            m.backward(out)
+        torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=0, atol=0)
+        for a, b in zip(model.parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    held = model.encoder.workspace._tensor
+    assert held is not None and held.shape == (40, 16 * 64)
+    model.eval()
+    assert model.encoder.workspace._tensor is None  # evaluation keeps no buffer
+    model(torch.randn(8, 16))
+    assert model.encoder.workspace._tensor is None
+    model.train().double()
+    model(torch.randn(8, 16, dtype=torch.float64))
+    assert model.encoder.workspace._tensor.dtype == torch.float64
+
+
+def test_the_decoder_gradient_projection_is_the_tangent_component():
+    torch.manual_seed(0)
+    model = aekit.build("sae-topk", (6,), k=2, expansion=4)
+    decoder = model.decoder
+    decoder.W_dec.data.mul_(torch.rand(24, 1) + 0.5)  # rows off the unit sphere too
+    grad = torch.randn(24, 6)
+    decoder.W_dec.grad = grad.clone()
+    decoder.after_backward()
+    w = decoder.W_dec.detach()
+    expected = grad - ((grad * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True)) * w
+    torch.testing.assert_close(decoder.W_dec.grad, expected)
+    assert (decoder.W_dec.grad * w).sum(1).abs().max() < 1e-5

@@ -1,8 +1,8 @@
 """`aekit` and `python -m aekit`: the command line's entry point.
 
-`aekit models` and `aekit --version` are answered from the recipe table, which imports no
-torch; everything else goes to `aekit.cli`, whose imports (torch among them) take about
-two seconds on a small CPU.
+`aekit models`, `aekit --version` and `aekit --help` are answered from the recipe table and
+the command table (`aekit.commands`), which import no torch; everything else goes to
+`aekit.cli`, whose imports (torch among them) take about two seconds on a small CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"aekit {__version__}")
         return 0
+    if argv in ([], ["-h"], ["--help"]):
+        from aekit.commands import top_parser
+
+        top_parser()[0].print_help()
+        return 0 if argv else 2
     from aekit.cli import main as cli_main
 
     return cli_main(argv)

@@ -30,6 +30,7 @@ from aekit.cli_flags import (
     section_values,
     seed_int,
 )
+from aekit.commands import top_parser
 from aekit.components import options_class
 from aekit.data import DataConfig, TensorData, load_all, load_data
 from aekit.data.activations.source import ActivationSource, open_source
@@ -53,7 +54,6 @@ from aekit.train.runs import (
     write_member_evals,
 )
 from aekit.train.trainer import resolve_device
-from aekit.version import __version__
 
 log = logging.getLogger("aekit")
 
@@ -137,15 +137,8 @@ def train_parser(recipe: Recipe | None, kinds: dict[str, str]) -> argparse.Argum
 
 
 def main_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="aekit", description="Autoencoders: train, evaluate, sample, encode, report."
-    )
-    parser.add_argument("--version", action="version", version=f"aekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("models", help="list the model recipes")
-    sub.add_parser("train", help="train a model (aekit train MODEL --help)", add_help=False)
-
-    p = sub.add_parser("eval", help="evaluate a run on test data; prints and saves eval.json")
+    parser, commands = top_parser()
+    p = commands["eval"]
     p.add_argument("run")
     add_data_choice(p, default_split="test")
     p.add_argument("--out", help="where to write the metrics JSON (default: in the run)")
@@ -180,7 +173,7 @@ def main_parser() -> argparse.ArgumentParser:
         "files you trust",
     )
 
-    p = sub.add_parser("sample", help="draw samples from the prior: a PNG grid and a .npy")
+    p = commands["sample"]
     p.add_argument("run")
     p.add_argument(
         "-n",
@@ -199,7 +192,7 @@ def main_parser() -> argparse.ArgumentParser:
         help="conditional models: a label (e.g. 3) or a comma-separated conditioning vector",
     )
 
-    p = sub.add_parser("encode", help="export latent codes (posterior means for VAEs)")
+    p = commands["encode"]
     p.add_argument("run")
     add_data_choice(p, default_split="all")
     p.add_argument("--out", required=True, help="output .npy, shape (N, latent_dim)")
@@ -210,15 +203,12 @@ def main_parser() -> argparse.ArgumentParser:
         help="quantizers: write the code indices (N, positions, slots) instead of the codes",
     )
 
-    p = sub.add_parser("report", help="(re)build RUN/report.html")
+    p = commands["report"]
     p.add_argument("run")
 
-    add_sae_commands(sub)
+    add_sae_commands(commands["sae"])
 
-    p = sub.add_parser(
-        "compress",
-        help="compress images with a quantizer run: indices range-coded under its index prior",
-    )
+    p = commands["compress"]
     p.add_argument("run")
     p.add_argument(
         "inputs",
@@ -236,11 +226,7 @@ def main_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser(
-        "bench",
-        help="run a benchmark suite (smoke, quick, full or a TOML/YAML file): results.jsonl, "
-        "a leaderboard and figures; rerun to resume",
-    )
+    p = commands["bench"]
     p.add_argument(
         "suite",
         help="smoke (CI, <1 min), quick (CPU, minutes), full (GPU), a file, or odds (anomaly "
@@ -258,8 +244,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="odds: the folder of the ODDS .mat files")
     p.add_argument("--sets", metavar="A,B,...", help="odds: only these sets")
     p.add_argument("--no-peers", action="store_true", help="odds: aekit only, not PyOD")
-    add_detect_parser(sub)
-    p = sub.add_parser("decompress", help="decode a compressed file to PNGs and images.npy")
+    add_detect_parser(commands["detect"])
+    p = commands["decompress"]
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="folder for 00000.png, ... and images.npy")
     p.add_argument("--run", help="the run that compressed it (default: the path in its header)")
@@ -273,8 +259,7 @@ def main_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_sae_commands(sub: Any) -> None:
-    p = sub.add_parser("sae", help="sparse autoencoders on a model's activations: capture")
+def add_sae_commands(p: argparse.ArgumentParser) -> None:
     commands = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
     c = commands.add_parser(
         "capture",

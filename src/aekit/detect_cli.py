@@ -23,15 +23,14 @@ from aekit.eval.anomaly import SCORES
 from aekit.io import atomic_write_text
 
 
-def add_detect_parser(sub: argparse._SubParsersAction) -> None:
+def add_detect_parser(p: argparse.ArgumentParser) -> None:
+    """`aekit detect`'s flags, on its subparser."""
     from aekit.detector import DetectorConfig
 
-    p = sub.add_parser(
-        "detect",
-        help="anomaly scores for the rows of a table (.mat, .csv, .npz, .npy): scores.csv",
-        description="Fit an autoencoder detector on DATA (or on --fit) and write one score per "
-        "row of DATA, in file order; with labels in the file, print ROC-AUC and average "
-        "precision (labels never reach the fit).",
+    p.description = (
+        "Fit an autoencoder detector on DATA (or on --fit) and write one score per row of "
+        "DATA, in file order; with labels in the file, print ROC-AUC and average precision "
+        "(labels never reach the fit)."
     )
     p.add_argument("data", help="the rows to score: .mat (X, y), .csv, .npz or .npy")
     p.add_argument("--out", default="scores.csv", help="the scores (default: scores.csv)")

@@ -40,6 +40,7 @@ from aekit.sparse import (
     SparseCode,
     SparseLatents,
     as_preactivations,
+    topk_indices,
 )
 
 SPARSE_RATIO = 8
@@ -211,7 +212,7 @@ class KSparse(SparseBottleneck):
 
     def select(self, pre: torch.Tensor, k: int) -> Pattern:
         """The k entries per example to keep, from detached pre-activations (B, n)."""
-        return Pattern.from_topk(self.score(pre).topk(k, dim=1, sorted=False).indices, pre.shape[1])
+        return Pattern.from_topk(topk_indices(self.score(pre), k), pre.shape[1])
 
     def dense(self, pre):
         indices = self.score(pre).topk(self.options.k, dim=1, sorted=False).indices
@@ -267,7 +268,7 @@ class KSparse(SparseBottleneck):
         """The top-k code among the latents in `mask` (n,), ranked and valued as this
         bottleneck ranks and values them (AuxK's code of the dead latents)."""
         score = self.score(pre.detached()).masked_fill(~mask, -math.inf)
-        pattern = Pattern.from_topk(score.topk(k, dim=1, sorted=False).indices, self.latent_dim)
+        pattern = Pattern.from_topk(topk_indices(score, k), self.latent_dim)
         return SparseLatents(self.value(pre.at(pattern)), pattern)
 
 
