@@ -54,7 +54,9 @@ seed, hence the same directions.
     python benchmarks/peers/vs_sparsify.py --quick          # ~1-2 min smoke run
 
 Writes benchmarks/results/peers-sparsify-2t.json, -1t.json (throughput) and
-peers-sparsify-fvu.json (common.save_result), and prints Markdown tables.
+peers-sparsify-fvu.json (common.save_result), and prints Markdown tables; synthetic runs add
+`-synthetic-LATENTS` to the names (peers-sparsify-synthetic-24576-1t.json), other dictionary
+sizes `-LATENTS`.
 """
 
 from __future__ import annotations
@@ -565,6 +567,10 @@ def main() -> None:
         "quick": args.quick,
     }
     suffix = "-quick" if args.quick else ""
+    if args.synthetic:
+        suffix += f"-synthetic-{common['n_latents']}"
+    elif args.expansion != 16:
+        suffix += f"-{common['n_latents']}"
 
     if args.only in ("fvu", "all"):
         torch.set_num_threads(args.fvu_threads)
