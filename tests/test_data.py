@@ -169,6 +169,17 @@ def test_limit_truncates_only_training(tmp_path):
     small = load_data(DataConfig(source=str(tmp_path / "x.npy"), scale="none", limit=7))
     assert len(small.train) == 7 and ids(small.train) <= ids(full.train)
     assert torch.equal(small.val.x, full.val.x) and torch.equal(small.test.x, full.test.x)
+    assert torch.equal(small.train.x, full.train.x[:7])  # the first 7 of the same order
+
+
+def test_a_fitted_scaling_sees_the_whole_training_part_under_a_limit(tmp_path):
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32) * 5
+    np.save(tmp_path / "x.npy", x)
+    for scale in ("minmax", "standard"):
+        full = load_data(DataConfig(source=str(tmp_path / "x.npy"), scale=scale))
+        small = load_data(DataConfig(source=str(tmp_path / "x.npy"), scale=scale, limit=3))
+        assert small.spec.offset == full.spec.offset and small.spec.divisor == full.spec.divisor
+        assert torch.equal(small.train.x, full.train.x[:3])
 
 
 def test_shuffled_batches_cover_every_example_once(tmp_path):

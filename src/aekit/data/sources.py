@@ -56,12 +56,10 @@ def load_data(spec: DataConfig) -> Splits:
     """Train/validation/test splits of `spec.source`, scaled; `Splits.spec` is a copy of
     `spec` with the resolved `offset`/`divisor`, which later loads re-apply unchanged."""
     raw = _read_source(spec)
-    parts = _split(raw, spec)
-    scaling = _resolve_scaling(spec, raw, lambda: parts["train"][0])
+    parts = _split(raw, spec, spec.limit)
+    # A scaling fitted on data sees the whole training part, whatever the limit.
+    scaling = _resolve_scaling(spec, raw, lambda: _split(raw, spec)["train"][0])
     resolved = scaling.resolved(spec)
-    if spec.limit is not None:
-        x, y = parts["train"]
-        parts["train"] = (x[: spec.limit], None if y is None else y[: spec.limit])
 
     data: dict[str, TensorData | None] = {}
     for name, part in parts.items():
@@ -510,9 +508,10 @@ def _reshape(x: np.ndarray, shape: tuple[int, ...] | None, what: str) -> np.ndar
     return x.reshape((x.shape[0], *shape))
 
 
-def _split(raw: _Raw, spec: DataConfig) -> dict[str, Part | None]:
+def _split(raw: _Raw, spec: DataConfig, limit: int | None = None) -> dict[str, Part | None]:
     """Deterministic from split_seed alone; the permuted order also makes `limit` a random
-    subset rather than the first (often class-sorted) examples of a file."""
+    subset rather than the first (often class-sorted) examples of a file. With a limit only
+    the first `limit` training examples of that order are copied out."""
     n = len(raw.x)
     order = np.random.default_rng(spec.split_seed).permutation(n)
     n_test = 0 if raw.x_test is not None else round(spec.test_fraction * n)
@@ -532,8 +531,9 @@ def _split(raw: _Raw, spec: DataConfig) -> dict[str, Part | None]:
         test: Part | None = (raw.x_test, raw.y_test)
     else:
         test = take(order[:n_test])
+    train = order[n_test + n_val :]
     return {
-        "train": take(order[n_test + n_val :]),
+        "train": take(train if limit is None else train[:limit]),
         "val": take(order[n_test : n_test + n_val]),
         "test": test,
     }
