@@ -1,5 +1,6 @@
 """Start-up cost of the command line: wall seconds of `aekit models`, `aekit --version`,
-`aekit --help`, `import aekit`, loading Fashion-MNIST with `--limit 1000`, and a whole
+`aekit --help`, `import aekit`, `import torch` and torch's first optimiser (which imports
+torch._dynamo), loading Fashion-MNIST with `--limit 1000`, and a whole
 `aekit train vae --data fashion-mnist --limit 1000 --epochs 1 --no-eval --no-report` (conv
 body, 16 steps, the validation ELBO on 6,000 images), in fresh processes, interleaved,
 medians and ranges. With `--before SRC` every command also runs against the aekit source
@@ -39,6 +40,11 @@ def commands(entry: str, data_dir: Path | None, scratch: Path) -> dict[str, list
         "aekit --help": [python, "-m", entry, "--help"],
         "import aekit": [python, "-c", "import aekit"],
         "import aekit; aekit.build": [python, "-c", "import aekit; aekit.build"],
+        "import torch": [python, "-c", "import torch"],
+        # torch's first optimiser imports torch._dynamo (Optimizer._patch_step_function)
+        "import torch; a first torch.optim.Adam": [
+            *(python, "-c", "import torch; torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])"),
+        ],
     }
     if data_dir is not None:
         load = (

@@ -207,16 +207,17 @@ def topk_indices(score: torch.Tensor, k: int) -> torch.Tensor:
     same values as `score.topk(k, dim=1)`, and the same positions unless the k-th value is
     tied.
 
-    For n >= BLOCKED_TOPK_RATIO * k it selects in two stages, exact by construction: split
-    each row into blocks of TOPK_BLOCK, keep the k blocks with the largest maxima, then the k
-    largest entries among those k blocks. Why that loses nothing: let v_k be the row's k-th
-    largest value and M_k the k-th largest block maximum. The k largest maxima are k distinct
-    entries, so M_k <= v_k; an entry v >= v_k lies in a block whose maximum is >= v >= M_k,
-    which is kept unless its maximum equals M_k, and then v = v_k (a tie at the k-th value).
-    One pass of block maxima and two selections over short rows replace a partial sort of
-    every long row."""
+    On the CPU, for n >= BLOCKED_TOPK_RATIO * k, it selects in two stages, exact by
+    construction: split each row into blocks of TOPK_BLOCK, keep the k blocks with the largest
+    maxima, then the k largest entries among those k blocks. Why that loses nothing: let v_k be
+    the row's k-th largest value and M_k the k-th largest block maximum. The k largest maxima
+    are k distinct entries, so M_k <= v_k; an entry v >= v_k lies in a block whose maximum is
+    >= v >= M_k, which is kept unless its maximum equals M_k, and then v = v_k (a tie at the
+    k-th value). One pass of block maxima and two selections over short rows replace a
+    partial sort of every long row."""
     n = score.shape[1]
-    if n < BLOCKED_TOPK_RATIO * k or n % TOPK_BLOCK or not score.is_contiguous():
+    measured = score.device.type == "cpu"  # CUDA's topk is a radix select: not measured
+    if not measured or n < BLOCKED_TOPK_RATIO * k or n % TOPK_BLOCK or not score.is_contiguous():
         return score.topk(k, dim=1, sorted=False).indices
     return two_stage_topk(score, k, TOPK_BLOCK)
 
