@@ -7,7 +7,9 @@ sparse-coding objective share.
   `SparseCode`: the padded (B, k) values and indices a user gets (inference);
 - `Preactivations`: an encoder's output x W^T + b, computed lazily, so that a k-sparse
   bottleneck can select from the detached product and take gradients at the selected
-  entries only (`sparse_preacts`); a plain tensor is wrapped the same way.
+  entries only (`sparse_preacts`); a plain tensor is wrapped the same way. In training the
+  dictionary encoder writes the detached product into a reused `Workspace`;
+- `topk_indices`: the k-sparse bottlenecks' exact selection (two stages on long CPU rows).
 
 The kernels:
 
