@@ -43,6 +43,17 @@ def test_bernoulli_log_prob_matches_torch():
     assert torch.allclose(head.mean(logits), torch.sigmoid(logits))
 
 
+def test_bernoulli_log_prob_of_many_draws_against_one_target_is_the_plain_formula():
+    # The estimator's case: (S, B, ...) logits, one binary x (B, ...) broadcast across draws.
+    logits = torch.randn(6, 4, 3, 4, dtype=torch.float64) * 4
+    x = torch.bernoulli(torch.full((4, 3, 4), 0.3, dtype=torch.float64))
+    head = LIKELIHOODS["bernoulli"](LIKELIHOODS["bernoulli"].Options(), DIMS)
+    p = torch.sigmoid(logits)
+    plain = (x * p.log() + (1 - x) * (1 - p).log()).sum((2, 3))
+    torch.testing.assert_close(head.log_prob(logits, x), plain)
+    assert head.log_prob(logits, x).shape == (6, 4)
+
+
 @pytest.mark.parametrize("variance", ["fixed", "global", "pixel"])
 @pytest.mark.parametrize("kind, dist", [("gaussian", D.Normal), ("laplace", D.Laplace)])
 def test_location_scale_log_prob_matches_torch(kind, dist, variance):
