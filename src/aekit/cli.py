@@ -37,6 +37,7 @@ from aekit.data.activations.source import ActivationSource, open_source
 from aekit.detect_cli import add_detect_parser, cmd_detect
 from aekit.errors import AekitError, TrainingInterrupted
 from aekit.eval import encode_all
+from aekit.eval.probes import parse_probes
 from aekit.io import atomic_path
 from aekit.models.config import SLOTS
 from aekit.registry import DEFAULT_KINDS, RECIPES, Recipe, build, get_recipe, recipe_kinds
@@ -164,6 +165,13 @@ def main_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="FD-classifier and precision/recall of samples and reconstructions (trains and "
         "caches a small classifier on the training labels)",
+    )
+    p.add_argument(
+        "--probe",
+        metavar="P[,P]",
+        help="representation probes on the frozen codes, fitted on the run's training split and "
+        "scored on the evaluated split: linear (logistic regression on standardised codes), "
+        "knn (k=20 cosine and k=5 Euclidean)",
     )
     p.add_argument(
         "--fid-weights",
@@ -778,12 +786,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise AekitError(f"{args.run} is a group run without an activation source")
     if args.no_splice:
         raise AekitError("--no-splice applies to models of a network's activations")
+    probes = parse_probes(args.probe) if args.probe is not None else None
+    if probes and args.data is not None:
+        raise AekitError(
+            "--probe fits on the run's own training split and scores its test or val split; "
+            "it takes no --data"
+        )
+    if probes and (args.split or args.default_split) not in ("test", "val"):
+        raise AekitError(
+            f"--probe scores held-out codes: use --split test or val, not {args.split}"
+        )
     device = resolve_device(args.device)
     model = ckpt.load(args.run, device=device)
+    if probes and model.conditional:
+        raise AekitError(
+            "--probe on a conditional model: its encoder reads the label, so its codes would "
+            "carry the answer"
+        )
     data, split, source = run_data(args, config)
+    train = probe_training_data(args, config) if probes else None
     metrics = evaluate_trained(
         model, data.to(device), batch_size=args.batch_size, nll_k=args.nll_k, seed=args.seed
     )
+    if probes:
+        metrics["probe"] = run_probes(model, probes, train, data, args)
     if args.grad_snr:
         metrics["gradient_snr"] = run_gradient_snr(model, data, args)
     if args.generation or args.fid_weights:
@@ -791,6 +817,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = eval_path(args, own=args.data is None and split == "test", data=source, split=split)
     write_eval(out, metrics, split=split, source=source)
     print_metrics(metrics)
+    for name, result in metrics.get("probe", {}).items():
+        print(f"probe {name}: accuracy {result['accuracy']:.4f} ({result['protocol']})")
     print(f"saved: {out}")
     return 0
 
@@ -810,6 +838,7 @@ def eval_on_activations(args: argparse.Namespace, config: dict[str, Any]) -> int
         "--generation": args.generation,
         "--fid-weights": args.fid_weights,
         "--data-dir": args.data_dir,
+        "--probe": args.probe,
     }
     for flag, given in data_set_only.items():
         if given:
@@ -902,6 +931,35 @@ def run_generation_metrics(
         extractor = TorchScriptFeatures(args.fid_weights, inception=True, device=model.device)
         results.update(generation_metrics(model, data, extractor=extractor, seed=args.seed))
     return results
+
+
+def probe_training_data(args: argparse.Namespace, config: dict[str, Any]) -> TensorData:
+    """The run's training split with labels, binarised once where training binarised it."""
+    spec = DataConfig.from_dict(config["data"])
+    if args.data_dir is not None:
+        spec.data_dir = args.data_dir
+    train = load_data(spec).train
+    if train.y is None:
+        raise AekitError(f"--probe needs labels; {spec.source} has none")
+    if train.binarize:
+        train = TensorData.binarized_once(train, seed=spec.split_seed + 4)
+    return train
+
+
+def run_probes(
+    model: Any, names: list[str], train: TensorData, data: TensorData, args: argparse.Namespace
+) -> dict[str, Any]:
+    """eval.json's `probe`: each probe's accuracy and protocol on the frozen codes."""
+    from aekit.eval.probes import probe
+
+    if data.y is None:
+        raise AekitError(f"--probe needs labels; {data.name} has none")
+    codes = {
+        name: encode_all(model, part, batch_size=args.batch_size).numpy()
+        for name, part in (("train", train), ("test", data))
+    }
+    results = probe(names, codes["train"], train.y.numpy(), codes["test"], data.y.numpy())
+    return {name: result.to_dict() for name, result in results.items()}
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

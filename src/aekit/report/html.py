@@ -305,6 +305,13 @@ def _eval_section(evaluation: dict[str, Any] | None) -> str:
     rows = [[k, v] for k, v in metrics.items() if isinstance(v, int | float | str | bool)]
     where = f"split {evaluation.get('split', '?')} of {evaluation.get('data', '?')}"
     parts = [f"<h2>Test metrics</h2><p>{html.escape(where)}</p>", table(rows, ["metric", "value"])]
+    probes = metrics.get("probe")
+    if isinstance(probes, dict) and probes:
+        rows = [[name, r.get("accuracy"), r.get("protocol")] for name, r in probes.items()]
+        parts += [
+            "<h3>Representation probes (frozen codes)</h3>",
+            table(rows, ["probe", f"accuracy on {evaluation.get('split', '?')}", "protocol"]),
+        ]
     splice = metrics.get("splice")
     if isinstance(splice, dict):
         parts += [
