@@ -820,6 +820,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, result in metrics.get("probe", {}).items():
         print(f"probe {name}: accuracy {result['accuracy']:.4f} ({result['protocol']})")
     print(f"saved: {out}")
+    if "probe" in metrics and out == Path(args.run) / ckpt.EVAL:
+        print(f"aekit report {args.run} adds them to the report")
     return 0
 
 
