@@ -58,6 +58,7 @@ def test_refused_shapes_name_the_numbers(shape, patch, words):
         ({"width": 18, "heads": 4}, ["width (18)", "heads (4)"]),
         ({"width": 6, "heads": 1}, ["width (6)", "4"]),
         ({"depth": 0}, ["depth", "0"]),
+        ({"patch": 2.5}, ["patch", "2.5"]),
         ({"mlp_ratio": 0.0}, ["mlp_ratio", "0.0"]),
         ({"decoder_width": 10, "heads": 2}, ["decoder_width (10)"]),
     ],

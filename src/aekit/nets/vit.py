@@ -52,10 +52,9 @@ class ViTOptions:
 
     def __post_init__(self) -> None:
         for name in ("patch", "depth", "width", "heads", "decoder_depth", "decoder_width"):
-            value = int(getattr(self, name))
-            if value < 1:
-                raise AekitError(f"{name} must be a positive integer (got {value})")
-            setattr(self, name, value)
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AekitError(f"{name} must be a positive integer (got {value!r})")
         self.mlp_ratio = float(self.mlp_ratio)
         if not self.mlp_ratio > 0:
             raise AekitError(f"mlp_ratio must be positive (got {self.mlp_ratio})")
