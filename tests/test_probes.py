@@ -36,6 +36,17 @@ def test_noise_codes_score_about_chance():
         assert 0.06 < result.accuracy < 0.14, (name, result.accuracy)
 
 
+def test_a_linear_probe_that_stops_short_says_so(monkeypatch):
+    from aekit.eval import probes
+
+    monkeypatch.setattr(probes, "LINEAR_MAX_ITER", 1)
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 200)
+    codes = rng.normal(size=(200, 5)) + labels[:, None]
+    result = probe(["linear"], codes, labels, codes[:50], labels[:50])["linear"]
+    assert "stopped at 1 iterations before converging" in result.protocol
+
+
 def test_probe_names_and_sizes_are_checked():
     assert parse_probes("knn, linear,knn") == ["knn", "linear"]
     for text in ("svm", "linear,tree", ","):

@@ -14,6 +14,7 @@ raw inputs (`benchmarks/probes.py` measures both).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ def probe(
     seed: int = 0,
 ) -> dict[str, ProbeResult]:
     """Each probe's accuracy on the test codes, fitted on the training codes (N, D)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
@@ -78,12 +80,17 @@ def probe(
     if "linear" in names:
         scaler = StandardScaler().fit(train_codes)
         classifier = LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed)
-        classifier.fit(scaler.transform(train_codes), train_labels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            classifier.fit(scaler.transform(train_codes), train_labels)
+        stopped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
         accuracy = classifier.score(scaler.transform(test_codes), test_labels)
         results["linear"] = ProbeResult(
             float(accuracy),
             "logistic regression (scikit-learn lbfgs, C=1, max_iter "
-            f"{LINEAR_MAX_ITER}) on codes standardised by the training codes; {where}",
+            f"{LINEAR_MAX_ITER}) on codes standardised by the training codes"
+            + (f", stopped at {LINEAR_MAX_ITER} iterations before converging" if stopped else "")
+            + f"; {where}",
         )
     if "knn" in names:
         for name, (k, metric) in KNN_PROBES.items():
