@@ -12,7 +12,7 @@ rough).
     python benchmarks/probes.py --epochs 2 --seeds 0            # what docs/benchmarks.md shows
     python benchmarks/probes.py --epochs 5 --seeds 0,1,2        # issue 14's protocol
 
-Writes benchmarks/results/probes.json and prints a Markdown table.
+Writes benchmarks/results/peers-probes.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
     floor = pixel_floor(args.data_dir)
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for recipe in args.recipes.split(","):
+        for recipe in filter(None, args.recipes.split(",")):
             rows[recipe] = [
                 probe_recipe(recipe, int(seed), args, Path(scratch))
                 for seed in args.seeds.split(",")
