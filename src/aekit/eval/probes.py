@@ -4,8 +4,8 @@ split and scored on held-out codes (`aekit eval RUN --probe linear,knn`).
     linear  logistic regression (scikit-learn's lbfgs, C = 1) on codes standardised with the
             training codes' mean and standard deviation
     knn     k-nearest-neighbour majority votes on the raw codes: k = 20 under the cosine
-            distance and k = 5 under the Euclidean one (the two k-NN probes of the
-            representation-learning literature; the cosine one is MAE's and DINO's)
+            distance (DINO's k, Caron et al. 2021, without its temperature weighting) and
+            k = 5 under the Euclidean one
 
 Fitting touches the training codes only; the labels of the scored split are used for the
 accuracy alone. A representation is worth its probe's accuracy against the same probes on the
@@ -22,8 +22,9 @@ import numpy as np
 from aekit.errors import AekitError
 
 LINEAR_MAX_ITER = 1000
-"""lbfgs iterations of the linear probe (scikit-learn's default of 100 stops short on
-standardised codes of a few hundred dimensions)."""
+"""lbfgs iterations of the linear probe (scikit-learn's default is 100). A fit that stops
+before converging says so in its protocol (on the 784 raw Fashion-MNIST pixels it did:
+benchmarks/results/peers-probes-pixels.json)."""
 KNN_PROBES = {"knn20_cosine": (20, "cosine"), "knn5_euclidean": (5, "euclidean")}
 PROBES = ("linear", "knn")
 
