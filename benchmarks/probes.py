@@ -9,7 +9,8 @@ training binarised it) by `aekit eval RUN --probe linear,knn --nll-k 0`, the com
 runs. Mean ± sd over seeds; training seconds beside (the machine is shared: read them as
 rough).
 
-    python benchmarks/probes.py --epochs 2 --seeds 0            # what docs/benchmarks.md shows
+    python benchmarks/probes.py --epochs 2 --seeds 0,1,2 \
+        --pixels-from benchmarks/results/peers-probes-pixels.json   # docs/benchmarks.md
     python benchmarks/probes.py --epochs 5 --seeds 0,1,2        # issue 14's protocol
 
 Writes benchmarks/results/peers-probes.json and prints a Markdown table.
@@ -110,9 +111,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--pixels-from", help="a results file whose pixel floor to reuse instead of measuring it"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    floor = pixel_floor(args.data_dir)
+    if args.pixels_from:
+        floor = json.loads(Path(args.pixels_from).read_text())["pixels"]
+    else:
+        floor = pixel_floor(args.data_dir)
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in filter(None, args.recipes.split(",")):
@@ -128,6 +135,7 @@ def main() -> None:
         "epochs": args.epochs,
         "threads": args.threads,
         "pixels": floor,
+        "pixels_from": args.pixels_from,
         "recipes": rows,
         "table": markdown,
     }
