@@ -10,7 +10,6 @@ dropped, medians [min-max], 1 and 2 threads; the two results are checked equal.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers.common import save_result
+from peers.common import interleave, median_after_warmup, save_result
 
 N, D, REPEATS = 24_576, 384, 15
 
@@ -32,6 +31,18 @@ def batched(g: torch.Tensor, w: torch.Tensor) -> None:
     g.addcmul_(w, along[:, None], value=-1)
 
 
+def side(form, w: torch.Tensor):
+    """One projection of a fresh gradient, as the backward leaves it; its seconds only."""
+
+    def run() -> float:
+        g = torch.randn(N, D) * 1e-3
+        start = time.perf_counter()
+        form(g, w)
+        return time.perf_counter() - start
+
+    return run
+
+
 def main() -> None:
     torch.manual_seed(0)
     w = torch.nn.functional.normalize(torch.randn(N, D), dim=1)
@@ -43,20 +54,15 @@ def main() -> None:
     rows = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        times: dict[str, list[float]] = {"elementwise": [], "batched": []}
-        for _ in range(REPEATS):
-            for name, form in (("elementwise", elementwise), ("batched", batched)):
-                g = torch.randn(N, D) * 1e-3  # a fresh gradient, as the backward leaves it
-                start = time.perf_counter()
-                form(g, w)
-                times[name].append(time.perf_counter() - start)
-        kept = {name: ts[1:] for name, ts in times.items()}
+        times = interleave(
+            {"elementwise": side(elementwise, w), "batched": side(batched, w)}, REPEATS
+        )
         rows[threads] = {
             name: {
-                "median_ms": 1000 * statistics.median(ts),
-                "range_ms": [1000 * min(ts), 1000 * max(ts)],
+                "median_ms": 1000 * median_after_warmup(ts),
+                "range_ms": [1000 * min(ts[1:]), 1000 * max(ts[1:])],
             }
-            for name, ts in kept.items()
+            for name, ts in times.items()
         }
         print(
             f"{threads} thread(s): "

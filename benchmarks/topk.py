@@ -7,13 +7,12 @@ with [min-max]. Every method's selected values are checked equal to torch.topk's
 
     python benchmarks/topk.py
 
-Writes benchmarks/results/topk.json; the cut-over `aekit.sparse.BLOCKED_TOPK_RATIO` is set
+Writes benchmarks/results/peers-topk.json; the cut-over `aekit.sparse.BLOCKED_TOPK_RATIO` is set
 from it.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers.common import RESULTS, environment
+from peers.common import interleave, median_after_warmup, save_result
 
-from aekit.io import atomic_write_json
 from aekit.sparse import two_stage_topk
 
 ROWS = 4096
@@ -52,6 +50,17 @@ def same_selection(score: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> boo
     return torch.equal(score.gather(1, a).sort(1).values, score.gather(1, b).sort(1).values)
 
 
+def timed(method):
+    """The method as an `interleave` side: one call, its seconds."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        method()
+        return time.perf_counter() - start
+
+    return run
+
+
 def main() -> None:
     torch.manual_seed(0)
     rows = []
@@ -67,14 +76,9 @@ def main() -> None:
             for name, method in methods.items():
                 if not same_selection(score, method(), reference):
                     raise SystemExit(f"{name} selected other latents than torch.topk at n={n}")
-            times: dict[str, list[float]] = {name: [] for name in methods}
-            for _ in range(REPEATS):
-                for name, method in methods.items():
-                    start = time.perf_counter()
-                    method()
-                    times[name].append(time.perf_counter() - start)
+            times = interleave({name: timed(method) for name, method in methods.items()}, REPEATS)
             kept = {name: ts[1:] for name, ts in times.items()}
-            medians = {name: statistics.median(ts) for name, ts in kept.items()}
+            medians = {name: median_after_warmup(ts) for name, ts in times.items()}
             row = {
                 "threads": threads,
                 "latents": n,
@@ -95,16 +99,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-    out = RESULTS / "topk.json"
-    atomic_write_json(
-        out,
-        {
-            "command": "python " + " ".join(sys.argv),
-            "environment": environment("cpu"),
-            "rows": rows,
-        },
-    )
-    print(f"wrote {out}")
+    print(f"wrote {save_result('topk', {'rows': rows})}")
 
 
 if __name__ == "__main__":
