@@ -70,13 +70,20 @@ def test_trimming_the_heap_changes_no_estimate(monkeypatch):
     release_free_heap()  # callable on any platform
 
 
-def test_listing_the_models_imports_no_torch():
+def entry_point_without_torch(argv: list[str]) -> subprocess.CompletedProcess:
+    """`aekit ARGV` through aekit.__main__ in a fresh interpreter, which fails if torch was
+    imported on the way."""
     code = (
-        "import sys; from aekit.__main__ import main; main(['models']); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
+        f"import sys; from aekit.__main__ import main; code = main({argv!r}); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_listing_the_models_imports_no_torch():
+    out = entry_point_without_torch(["models"])
     from aekit.recipes import recipe_table
 
     assert out.stdout.strip() == recipe_table().strip()
@@ -84,12 +91,7 @@ def test_listing_the_models_imports_no_torch():
 
 
 def test_aekit_help_imports_no_torch_and_is_the_full_parsers_help():
-    code = (
-        "import sys; from aekit.__main__ import main; code = main(['--help']); "
-        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    out = entry_point_without_torch(["--help"])
     from aekit.cli import main_parser
 
     assert out.stdout == main_parser().format_help()
