@@ -32,7 +32,7 @@ from aekit.cli_flags import (
 )
 from aekit.commands import top_parser
 from aekit.components import options_class
-from aekit.data import DataConfig, TensorData, load_all, load_data
+from aekit.data import DataConfig, Splits, TensorData, load_all, load_data
 from aekit.data.activations.source import ActivationSource, open_source
 from aekit.detect_cli import add_detect_parser, cmd_detect
 from aekit.errors import AekitError, TrainingInterrupted
@@ -600,9 +600,9 @@ def flatten(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorData, str, str]:
-    """The examples an eval/encode command works on: the run's own data (scaled as in
-    training) or another source, with the run's scaling re-applied."""
+def run_spec(args: argparse.Namespace, config: dict[str, Any]) -> DataConfig:
+    """The data an eval/encode command reads: the run's own source, or `--data` with the run's
+    scaling and shape, and `--data-dir` where given."""
     saved = DataConfig.from_dict(config["data"]) if config.get("data") else None
     if args.data is None and saved is None:
         raise AekitError("this run has no saved data source; pass --data")
@@ -620,6 +620,13 @@ def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorDa
         )
     if args.data_dir is not None:
         spec.data_dir = args.data_dir
+    return spec
+
+
+def run_data(args: argparse.Namespace, config: dict[str, Any]) -> tuple[TensorData, str, str]:
+    """The examples an eval/encode command works on: the run's own data (scaled as in
+    training) or another source, with the run's scaling re-applied."""
+    spec = run_spec(args, config)
     split = args.split or ("all" if args.data is not None else args.default_split)
     if split == "all":
         data = load_all(spec)
@@ -803,8 +810,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "--probe on a conditional model: its encoder reads the label, so its codes would "
             "carry the answer"
         )
-    data, split, source = run_data(args, config)
-    train = probe_training_data(args, config) if probes else None
+    if probes:  # the run's own data (no --data, a held-out split): its splits read once
+        spec = run_spec(args, config)
+        splits = load_data(spec)
+        split, source = args.split or args.default_split, spec.source
+        data, train = splits.get(split), probe_training_split(splits, spec)
+    else:
+        data, split, source = run_data(args, config)
     metrics = evaluate_trained(
         model, data.to(device), batch_size=args.batch_size, nll_k=args.nll_k, seed=args.seed
     )
@@ -935,12 +947,9 @@ def run_generation_metrics(
     return results
 
 
-def probe_training_data(args: argparse.Namespace, config: dict[str, Any]) -> TensorData:
-    """The run's training split with labels, binarised once where training binarised it."""
-    spec = DataConfig.from_dict(config["data"])
-    if args.data_dir is not None:
-        spec.data_dir = args.data_dir
-    train = load_data(spec).train
+def probe_training_split(splits: Splits, spec: DataConfig) -> TensorData:
+    """The training split with labels, binarised once where training binarised it."""
+    train = splits.train
     if train.y is None:
         raise AekitError(f"--probe needs labels; {spec.source} has none")
     if train.binarize:
@@ -954,8 +963,6 @@ def run_probes(
     """eval.json's `probe`: each probe's accuracy and protocol on the frozen codes."""
     from aekit.eval.probes import probe
 
-    if data.y is None:
-        raise AekitError(f"--probe needs labels; {data.name} has none")
     codes = {
         name: encode_all(model, part, batch_size=args.batch_size).numpy()
         for name, part in (("train", train), ("test", data))
