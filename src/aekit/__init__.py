@@ -63,36 +63,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = [
-    "PRIORS",
-    "RECIPES",
-    "ActivationSource",
-    "ActivationStore",
-    "AekitError",
-    "Autoencoder",
-    "AutoencoderOutput",
-    "DataConfig",
-    "Detector",
-    "DetectorConfig",
-    "FitResult",
-    "GroupMember",
-    "ModelConfig",
-    "ModelGroup",
-    "SparseCode",
-    "TensorData",
-    "TrainConfig",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "__version__",
-    "build",
-    "evaluate",
-    "gradient_snr",
-    "importance_sampled_nll",
-    "load",
-    "load_data",
-    "log_likelihood",
-    "model_config",
-    "open_source",
-    "prior_from_sampler",
-]
+__all__ = ["__version__", *_EXPORTS]
