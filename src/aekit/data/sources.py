@@ -57,8 +57,10 @@ def load_data(spec: DataConfig) -> Splits:
     `spec` with the resolved `offset`/`divisor`, which later loads re-apply unchanged."""
     raw = _read_source(spec)
     parts = _split(raw, spec, spec.limit)
-    # A scaling fitted on data sees the whole training part, whatever the limit.
-    scaling = _resolve_scaling(spec, raw, lambda: _split(raw, spec)["train"][0])
+    # A scaling fitted on data sees the whole training part, whatever the limit (split again,
+    # unlimited, only when a limit cut it).
+    whole = (lambda: parts) if spec.limit is None else (lambda: _split(raw, spec))
+    scaling = _resolve_scaling(spec, raw, lambda: whole()["train"][0])
     resolved = scaling.resolved(spec)
 
     data: dict[str, TensorData | None] = {}
