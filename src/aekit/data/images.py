@@ -32,7 +32,18 @@ def is_grey(image: Any) -> bool:
 
 
 def image_pixels(image: Any, grey: bool) -> np.ndarray:
-    """(H, W) uint8 when `grey`, else (H, W, 3)."""
+    """(H, W) uint8 when `grey`, else (H, W, 3); a file whose pixels cannot be decoded is
+    refused in one line naming it."""
+    try:
+        return _pixels(image, grey)
+    # Pillow's PNG reader reports a broken chunk as SyntaxError, which Pillow 13 raises from
+    # the pixel read (earlier versions failed with OSError).
+    except (OSError, ValueError, SyntaxError) as e:
+        name = getattr(image, "filename", None) or "image"
+        raise AekitError(f"{name}: unreadable image ({one_line(e)})") from None
+
+
+def _pixels(image: Any, grey: bool) -> np.ndarray:
     if image.mode in WIDE_MODES:
         wide = np.asarray(image).astype(np.float64)
         pixels = np.round(np.clip(wide, 0, 65535) / 257).astype(np.uint8)
