@@ -14,16 +14,18 @@ TINY_NET = {"channels": (4, 8), "hidden": (16,)}
 
 def recipe_setup(name: str, shape: tuple[int, ...], latent: int) -> dict:
     """Options that build recipe `name` small on data of `shape` (about `latent` latents): the
-    layered bodies get TINY_NET; quantizers on images derive their width from the grid;
-    categorical latents are variables x categories; dictionaries get their latent count and
-    a transcoder a paired target of 5 values."""
+    layered bodies get TINY_NET (a vit one block of width 8); quantizers on images derive
+    their width from the grid; categorical latents are variables x categories; dictionaries
+    get their latent count and a transcoder a paired target of 5 values."""
     from aekit.bottlenecks import BOTTLENECKS, Quantizer
     from aekit.registry import DEFAULT_KINDS, RECIPES
 
     recipe = RECIPES[name]
     kinds = {**DEFAULT_KINDS, **recipe.kinds}
     options: dict = {}
-    if kinds["body"] != "dictionary":
+    if kinds["body"] == "vit":
+        options.update(patch=2, depth=1, width=8, heads=2, decoder_width=8, decoder_depth=1)
+    elif kinds["body"] != "dictionary":
         options.update(TINY_NET)
     bottleneck = kinds["bottleneck"]
     if bottleneck == "categorical":

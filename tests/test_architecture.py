@@ -10,7 +10,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
-LEAF = ("aekit.bottlenecks", "aekit.errors", "aekit.components", "aekit.priors", "aekit.sparse")
+LEAF = (
+    "aekit.bottlenecks", "aekit.errors", "aekit.components", "aekit.priors", "aekit.sparse",
+    "aekit.patches",
+)  # fmt: skip
 RULES = {
     "aekit.bottlenecks": (
         "bottlenecks are leaves: they build on the shared primitives only",

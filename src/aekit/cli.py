@@ -37,7 +37,7 @@ from aekit.data.activations.source import ActivationSource, open_source
 from aekit.detect_cli import add_detect_parser, cmd_detect
 from aekit.errors import AekitError, TrainingInterrupted
 from aekit.eval import encode_all
-from aekit.eval.probes import parse_probes
+from aekit.eval.probes import FINETUNE_EPOCHS, FROZEN_PROBES, parse_probes
 from aekit.io import atomic_path
 from aekit.models.config import SLOTS
 from aekit.registry import DEFAULT_KINDS, RECIPES, Recipe, build, get_recipe, recipe_kinds
@@ -171,7 +171,15 @@ def main_parser() -> argparse.ArgumentParser:
         metavar="P[,P]",
         help="representation probes on the frozen codes, fitted on the run's training split and "
         "scored on the evaluated split: linear (logistic regression on standardised codes), "
-        "knn (k=20 cosine and k=5 Euclidean)",
+        "knn (k=20 cosine and k=5 Euclidean); and finetune (a copy of the encoder with a "
+        "linear head trained end to end for --finetune-epochs)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=FINETUNE_EPOCHS,
+        metavar="N",
+        help=f"epochs of the finetune probe (default {FINETUNE_EPOCHS})",
     )
     p.add_argument(
         "--fid-weights",
@@ -794,6 +802,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.no_splice:
         raise AekitError("--no-splice applies to models of a network's activations")
     probes = parse_probes(args.probe) if args.probe is not None else None
+    if args.finetune_epochs != FINETUNE_EPOCHS and "finetune" not in (probes or ()):
+        raise AekitError("--finetune-epochs sets the finetune probe: pass --probe finetune")
+    if args.finetune_epochs < 1:
+        raise AekitError(f"--finetune-epochs must be at least 1 (got {args.finetune_epochs})")
     if probes and args.data is not None:
         raise AekitError(
             "--probe fits on the run's own training split and scores its test or val split; "
@@ -960,14 +972,21 @@ def probe_training_split(splits: Splits, spec: DataConfig) -> TensorData:
 def run_probes(
     model: Any, names: list[str], train: TensorData, data: TensorData, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """eval.json's `probe`: each probe's accuracy and protocol on the frozen codes."""
-    from aekit.eval.probes import probe
+    """eval.json's `probe`: each probe's accuracy and protocol, on the frozen codes or (the
+    finetune probe) a fine-tuned copy of the encoder."""
+    from aekit.eval.probes import finetune, probe
 
-    codes = {
-        name: encode_all(model, part, batch_size=args.batch_size).numpy()
-        for name, part in (("train", train), ("test", data))
-    }
-    results = probe(names, codes["train"], train.y.numpy(), codes["test"], data.y.numpy())
+    results = {}
+    if any(name in FROZEN_PROBES for name in names):
+        codes = {
+            name: encode_all(model, part, batch_size=args.batch_size).numpy()
+            for name, part in (("train", train), ("test", data))
+        }
+        results = probe(names, codes["train"], train.y.numpy(), codes["test"], data.y.numpy())
+    if "finetune" in names:
+        results["finetune"] = finetune(
+            model, train.x, train.y, data.x, data.y, epochs=args.finetune_epochs, seed=args.seed
+        )
     return {name: result.to_dict() for name, result in results.items()}
 
 

@@ -51,6 +51,18 @@ def sae_learning_rate(n_latents: int) -> float:
     return 2e-4 / math.sqrt(n_latents / 2**14)
 
 
+MAE_TRAIN = {
+    "optimizer": "adamw",
+    "weight_decay": 0.05,
+    "schedule": "cosine",
+    "batch_size": 256,
+    "lr": 1.5e-3,
+    "warmup_steps": 200,
+}
+"""MAE's pre-training recipe (He et al. 2022, Table 8): AdamW, weight decay 0.05, cosine
+decay after a warm-up, at a smaller batch (256 for 4096) with the lr scaled up for small
+models trained briefly."""
+
 DEFAULT_KINDS = {
     "body": "auto",
     "bottleneck": "identity",
@@ -398,6 +410,24 @@ for recipe in (
     ),
 ):
     register_recipe(recipe)
+
+
+register_recipe(
+    Recipe(
+        "mae",
+        "Masked autoencoder: a ViT encodes the visible 25 % of the patches, a light decoder "
+        "predicts the hidden ones",
+        "He et al. 2022, Masked autoencoders are scalable vision learners",
+        kinds={
+            "body": "vit",
+            "corruption": "patches",
+            "objective": "masked-patches",
+            "likelihood": "gaussian",
+        },
+        options={"token_decoder": True, "variance": "fixed"},
+        train=MAE_TRAIN,
+    )
+)
 
 
 def recipe_table() -> str:

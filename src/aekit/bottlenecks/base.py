@@ -27,15 +27,17 @@ from torch import nn
 
 from aekit.components import Dims, NoOptions, Registry
 from aekit.errors import AekitError
+from aekit.patches import Tokens
 from aekit.priors import PRIORS, Prior, make_prior
 from aekit.sparse import Preactivations, SparseLatents
 
 
 @dataclass
 class BottleneckOutput:
-    z: torch.Tensor | None
+    z: torch.Tensor | Tokens | None
     """What the decoder sees, (samples * B, latent_dim), sample-major: rows s*B..(s+1)*B-1
-    hold draw s for the whole batch. None when only `sparse` is given (`dense_z` builds it)."""
+    hold draw s for the whole batch. None when only `sparse` is given (`dense_z` builds it);
+    the per-patch codes `Tokens` for a vit token decoder (a masked autoencoder)."""
     code: torch.Tensor | None
     """The deterministic representation (posterior mean, or the code itself), (B, latent_dim);
     None when only `sparse` is given."""

@@ -1,5 +1,6 @@
 """The deterministic bottleneck: the encoder output is the code. With a `prior`, the code is
-matched to it by WAE/SWAE objectives, and samples are decoded prior draws."""
+matched to it by WAE/SWAE objectives, and samples are decoded prior draws. Per-patch codes
+(`Tokens`, a masked autoencoder's) pass to the decoder as they are; their code is the mean."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput, PriorOptions
 from aekit.components import Dims
 from aekit.errors import AekitError
+from aekit.patches import Tokens
 
 
 @BOTTLENECKS.register("identity")
@@ -20,7 +22,13 @@ class Identity(Bottleneck):
         super().__init__(options, dims)
 
     def forward(
-        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+        self, h: torch.Tensor | Tokens, samples: int = 1, step: int | None = None
     ) -> BottleneckOutput:
+        if isinstance(h, Tokens):
+            if samples != 1 or self.prior is not None:
+                raise AekitError(
+                    "per-patch codes (a vit token decoder) take one draw and no --prior"
+                )
+            return BottleneckOutput(z=h, code=h.pooled(), samples=1)
         z = h if samples == 1 else h.repeat(samples, 1)
         return BottleneckOutput(z=z, code=h, samples=samples, prior=self.prior)

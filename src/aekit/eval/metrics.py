@@ -60,7 +60,8 @@ def evaluate(
     kl_dims: torch.Tensor | float = 0.0  # per KL unit: a dimension, or a categorical variable
     codes = []
     analytic_kl = False
-    corrupting = model.config.corruption.kind != "none"
+    # A masked autoencoder's loss is already its error on what the corruption hides.
+    corrupting = model.config.corruption.kind != "none" and not model.decodes_tokens
     counter = _code_counter(model)
     devices = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
@@ -75,15 +76,18 @@ def evaluate(
                 n = x.shape[0]
                 for name, value in out.terms.items():
                     sums[name] = sums.get(name, 0.0) + value.to(device) * n
-                mean = model.decode(out.code, c)
-                sq_err += (mean - x).pow(2).sum()
+                # A masked autoencoder is trained on hidden patches only: its error is the
+                # objective's masked_mse, not that of predicting patches it was shown.
+                if not model.decodes_tokens:
+                    sq_err += (model.decode(out.code, c) - x).pow(2).sum()
                 if counter is not None:
                     counter.add(out.bottleneck)
                 if detailed:
                     analytic_kl = out.bottleneck.kl is not None
                     if analytic_kl:
                         kl_dims += out.bottleneck.kl.sum(0)
-                    codes.append(out.code)
+                    # A masked batch's code pools its visible patches; the code is every patch's.
+                    codes.append(model.encode(x) if model.decodes_tokens else out.code)
                     if corrupting:
                         denoised = model.reconstruct(model.corruption(x), c)
                         denoise_err += (denoised - x).pow(2).sum()
@@ -92,7 +96,8 @@ def evaluate(
     n = len(data)
     dims = math.prod(model.input_shape)
     results: dict[str, Any] = {name: float(total) / n for name, total in sums.items()}
-    results["mse"] = float(sq_err) / (n * dims)
+    if not model.decodes_tokens:
+        results["mse"] = float(sq_err) / (n * dims)
     if counter is not None:
         results.update(counter.health(detailed=detailed))
         if detailed and sum(counter.sizes) <= MAX_LISTED_CODES:

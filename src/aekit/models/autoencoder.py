@@ -6,6 +6,12 @@ corrupted input from the clean target. The parts may have hooks the model calls 
 `initialise(x, target)` (data-dependent initialisation, before or at the first training
 batch), `after_backward()` (projected gradients) and `after_step()` (constraints after the
 optimiser step), and `folded_state()` (their weights as saved for inference).
+
+A masked autoencoder is the same composition: the patches corruption hides patches, the vit
+encoder codes the visible ones (`aekit.patches.Tokens`), the decoder predicts every patch and
+the objective scores the hidden ones. Its decoder reads patch tokens, not a pooled code, so it
+reconstructs (`reconstruct(x)` shows it every patch) but decodes no code alone and samples
+nothing (`decodes_tokens`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
 from aekit.models.config import ModelConfig
 from aekit.objectives import ForwardPass, Objective
+from aekit.patches import Masked
 from aekit.sparse import Preactivations, SparseCode, SparseLatents
 
 
@@ -103,6 +110,12 @@ class Autoencoder(nn.Module):
             )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
+        if corruption.part_of_objective and not getattr(decoder, "reads_tokens", False):
+            raise AekitError(
+                f"the {config.corruption.kind!r} corruption hides patches from a vit encoder "
+                "whose decoder reads patch tokens: pass --body vit --token-decoder (the mae "
+                "recipe)"
+            )
         if config.output_shape is not None and not objective.paired_targets:
             raise AekitError(
                 f"a paired target (--target-site, output_shape=) needs an objective that "
@@ -140,6 +153,12 @@ class Autoencoder(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def decodes_tokens(self) -> bool:
+        """Whether the decoder reads per-patch codes (a masked autoencoder) rather than the
+        pooled code `encode` gives: such a model reconstructs but does not generate."""
+        return getattr(self.decoder, "reads_tokens", False)
 
     @property
     def has_prior(self) -> bool:
@@ -333,15 +352,17 @@ class Autoencoder(nn.Module):
             self._support_checked = True
         c = self.condition_vector(condition, x.shape[0])
         corrupt = self.training if corrupt is None else corrupt
+        seen = self.corruption(x) if corrupt or self.corruption.part_of_objective else x
+        if self.decodes_tokens and not isinstance(seen, Masked):
+            seen = Masked.every_patch(seen)
         samples = self.objective.samples
-        h = self.features(self.corruption(x) if corrupt else x, c)
-        b = self.bottleneck(h, samples, step)
+        b = self.bottleneck(self.features(seen, c), samples, step)
         params = self.decoder_params(self._decoder_input(b), c, x)
         y = x if target is None else target.to(params.dtype)
         f = ForwardPass(y, b, params, self.decoder, self.likelihood, x)
         objective = self.objective(f, step)
         return AutoencoderOutput(
-            reconstruction=self.likelihood.mean(params[: x.shape[0]]),
+            reconstruction=self.objective.as_data(self.likelihood.mean(params[: x.shape[0]]), x),
             params=params,
             latents=b.z,
             code=b.code,
@@ -487,7 +508,13 @@ class Autoencoder(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, condition: Condition = None) -> torch.Tensor:
         """The inference output for x, shaped like the target. k-sparse codes go through
-        their (values, indices) when the decoder takes them (no dense code)."""
+        their (values, indices) when the decoder takes them (no dense code); a decoder of
+        patch tokens sees the codes of every patch."""
+        if self.decodes_tokens:
+            self.check_input(x)
+            self.condition_vector(condition, x.shape[0])  # refuses a condition
+            b = self.bottleneck(self.features(Masked.every_patch(x), None))
+            return self.objective.as_data(self.likelihood.mean(self.decoder_params(b.z, None)), x)
         if (
             condition is None
             and self.bottleneck.selects(training=False)
@@ -560,6 +587,11 @@ class Autoencoder(nn.Module):
         learn no prior. (n, latent_dim)."""
         if n < 1:
             raise AekitError(f"number of samples must be at least 1 (got {n})")
+        if self.decodes_tokens:
+            raise AekitError(
+                f"a {self.config.recipe!r} model's decoder reads the codes of visible patches: "
+                "it reconstructs and completes images but has no codes to sample from"
+            )
         if self.has_prior:
             return self.bottleneck.sample_prior(n, device=self.device, generator=generator)
         if self.latent_density is not None:

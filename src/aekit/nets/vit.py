@@ -8,8 +8,15 @@
 
 A block is pre-norm: t + Attention(LN(t)), then t + MLP(LN(t)), the MLP being Linear, GELU,
 Linear. Positions are fixed, not learned (as in MAE), so they are buffers and never saved.
-`ViTEncoder.tokens(x, keep)` runs only the kept patches through the blocks: the hook a
-masked autoencoder uses to encode the visible patches alone.
+With `token_decoder` (the masked autoencoder, He et al. 2022) the code is one per patch:
+
+    encoder: a `Masked` image -> its visible patches alone through the blocks -> the head on
+             each token -> `Tokens` (B, n, latent_dim); a plain image -> the pooled code
+    decoder: Tokens -> Linear to decoder_width, placed on the grid among a learned mask token
+             -> + positions -> blocks -> every patch predicted
+
+The head is affine, so the pooled code head(mean of the tokens) equals the mean of the
+per-token codes the decoder reads: `model.encode(x)` is the mean over every patch.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch.nn import functional as F
 from aekit.components import Dims
 from aekit.errors import AekitError
 from aekit.nets.base import NETS, Body, check_layer
+from aekit.patches import Masked, Tokens, unpatchify
 
 
 @dataclass
@@ -49,6 +57,10 @@ class ViTOptions:
     decoder_width: int = 64
     """Token width of the decoder: narrower than the encoder, as MAE's (512 against ViT-L's
     1024; He et al. 2022, Table 1b); half of width here. Divisible by heads and by 4."""
+    token_decoder: bool = False
+    """The decoder reads one code per visible patch and a learned mask token for the others
+    (a masked autoencoder, He et al. 2022), instead of one pooled code for the image. Such a
+    decoder cannot decode a pooled code alone: it reconstructs, it does not generate."""
 
     def __post_init__(self) -> None:
         for name in ("patch", "depth", "width", "heads", "decoder_depth", "decoder_width"):
@@ -66,6 +78,10 @@ class ViTOptions:
                 raise AekitError(
                     f"{name} ({value}) must be divisible by 4 for the sine-cosine positions"
                 )
+
+
+MASK_TOKEN_STD = 0.02
+"""The mask token's initial scale: a normal draw of std 0.02, as in MAE's reference code."""
 
 
 def sincos_2d(grid_h: int, grid_w: int, width: int) -> torch.Tensor:
@@ -157,18 +173,17 @@ class ViTEncoder(nn.Module):
             t = t.gather(1, keep[:, :, None].expand(-1, -1, t.shape[2]))
         return self.norm(self.blocks(t))
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor | Masked, condition: torch.Tensor | None = None
+    ) -> torch.Tensor | Tokens:
+        """The pooled code (B, out_features) of images, or the per-patch codes `Tokens` of
+        the visible patches of a `Masked` batch."""
+        if isinstance(x, Masked):
+            patches = self.position.shape[0]
+            keep = x.keep_indices(patches)
+            return Tokens(self.head(self.tokens(x.x, keep)), keep, patches)
         pooled = self.tokens(x).mean(1)
         return self.head(pooled if condition is None else torch.cat([pooled, condition], 1))
-
-
-def unpatchify(values: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    """(B, N, C * patch * patch) per-token values, each laid out (C, p, p) like the patch
-    embedding's kernel, -> the image (B, C, H, W)."""
-    b, (gh, gw) = values.shape[0], grid
-    c = values.shape[2] // (patch * patch)
-    image = values.view(b, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5)
-    return image.reshape(b, c, gh * patch, gw * patch)
 
 
 class ViTDecoder(nn.Module):
@@ -178,7 +193,13 @@ class ViTDecoder(nn.Module):
     Each token gets its own projection of z (one Linear to N * decoder_width, as the conv
     decoder's dense head makes its first feature map): a single token broadcast to every
     position would leave the positions alone to tell the tokens apart. The fixed positions
-    are added all the same, so the blocks see the encoder's geometry."""
+    are added all the same, so the blocks see the encoder's geometry.
+
+    With `token_decoder` the input is `Tokens`: each visible patch's code is projected to
+    decoder_width and put in its place, the hidden places get the shared mask token, and the
+    positions tell them apart (He et al. 2022, section 3)."""
+
+    reads_tokens = False
 
     def __init__(
         self, latent_dim: int, output_shape: tuple[int, int, int], options: ViTOptions
@@ -188,17 +209,38 @@ class ViTDecoder(nn.Module):
         p, width = options.patch, options.decoder_width
         self.grid, self.patch = (h // p, w // p), p
         n = self.grid[0] * self.grid[1]
-        check_layer(latent_dim, n * width, "the decoder's token projection")
         check_layer(width, c * p * p, "the decoder's patch head")
         self.width = width
-        self.start = nn.Linear(latent_dim, n * width)
+        self.reads_tokens = options.token_decoder
+        if self.reads_tokens:
+            check_layer(latent_dim, width, "the decoder's token projection")
+            self.token_in = nn.Linear(latent_dim, width)
+            self.mask_token = nn.Parameter(torch.empty(1, 1, width))
+            nn.init.normal_(self.mask_token, std=MASK_TOKEN_STD)
+        else:
+            check_layer(latent_dim, n * width, "the decoder's token projection")
+            self.start = nn.Linear(latent_dim, n * width)
         self.register_buffer("position", sincos_2d(*self.grid, width), persistent=False)
         self.blocks = blocks(options.decoder_depth, width, options.heads, options.mlp_ratio)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, c * p * p)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        t = self.start(z).view(z.shape[0], -1, self.width) + self.position
+    def forward(self, z: torch.Tensor | Tokens) -> torch.Tensor:
+        if self.reads_tokens != isinstance(z, Tokens):
+            raise AekitError(
+                "this vit decoder reads the codes of patches (token_decoder): reconstruct an "
+                "image with model.reconstruct(x); a pooled code alone cannot be decoded"
+                if self.reads_tokens
+                else "this vit decoder reads one pooled code per image, not patch tokens"
+            )
+        if isinstance(z, Tokens):
+            b, n = z.keep.shape[0], self.position.shape[0]
+            values = self.token_in(z.values)
+            places = z.keep[:, :, None].expand(-1, -1, self.width)
+            t = self.mask_token.expand(b, n, self.width).scatter(1, places, values)
+        else:
+            t = self.start(z).view(z.shape[0], -1, self.width)
+        t = t + self.position
         return unpatchify(self.out(self.norm(self.blocks(t))), self.grid, self.patch)
 
 
@@ -228,9 +270,24 @@ class ViT(Body):
             )
 
     @classmethod
+    def default_latent_dim(cls, options, input_shape):
+        # Per-patch codes as wide as the encoder's tokens: the head is then square, and the
+        # pooled code keeps all the encoder's width for probes.
+        return options.width if options.token_decoder else None
+
+    @classmethod
     def check_size(cls, options, dims: Dims, condition_dim):
         cls.check(options, dims.target_shape)
         n = (dims.target_shape[1] // options.patch) * (dims.target_shape[2] // options.patch)
+        if options.token_decoder:
+            if condition_dim:
+                raise AekitError(
+                    "a vit token decoder (a masked autoencoder) takes no condition; train it "
+                    "unconditionally"
+                )
+            if dims.paired:
+                raise AekitError("a vit token decoder predicts the patches of its own input")
+            n = 1
         check_layer(
             dims.latent_dim + condition_dim, n * options.decoder_width,
             "the decoder's token projection",

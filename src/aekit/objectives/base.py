@@ -126,6 +126,11 @@ class Objective(ABC):
         """The step at which this objective's schedules reach their final values."""
         return 0
 
+    def as_data(self, prediction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean in the units of the data x it was predicted for: the same
+        tensor, unless the objective's targets are a transform of x (normalised patches)."""
+        return prediction
+
     @staticmethod
     def report(f: ForwardPass, loss: torch.Tensor, **extra: float | torch.Tensor):
         nll = f.nll.detach()

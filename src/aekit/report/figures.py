@@ -182,6 +182,42 @@ def reconstructions(
     return save_png(path, image_grid(rows.reshape(-1, *x.shape[1:]), nrow=per_row))
 
 
+def masked_predictions(
+    model: Autoencoder, x: torch.Tensor, path: str | Path, n: int = 8, seed: int = 0
+) -> Path:
+    """A masked autoencoder's work on n inputs, four rows: the input, what the encoder sees
+    (hidden patches grey), the prediction of every patch in the data's units (normalised
+    targets scaled back by each true patch's statistics) and the prediction of the hidden
+    patches with the visible ones pasted back. The mask is drawn from `seed`."""
+    from aekit.patches import unpatchify, visible_patches
+
+    _require_images(model, "masked predictions")
+    ratio = getattr(model.corruption.options, "mask_ratio", None)
+    if ratio is None:
+        raise AekitError("masked predictions need the patches corruption (--corruption patches)")
+    x = x[:n].to(model.device, model.dtype)
+    patches = model.decoder.position.shape[0]
+    noise = torch.rand(len(x), patches, generator=torch.Generator().manual_seed(seed))
+    keep = noise.argsort(1)[:, : visible_patches(patches, ratio)].to(model.device)
+    with _inference(model), model.corruption.fixed(keep):
+        out = model(x)
+    hidden = out.bottleneck.z.hidden()
+    p = model.decoder.patch
+    hidden = unpatchify(
+        hidden[:, :, None].expand(-1, -1, x.shape[1] * p * p), model.decoder.grid, p
+    )
+    hidden = hidden.bool()
+    prediction = out.reconstruction.clamp(0, 1)
+    rows = [
+        x,
+        torch.where(hidden, torch.full_like(x, 0.5), x),
+        prediction,
+        torch.where(hidden, prediction, x),
+    ]
+    grid = torch.cat([r.float().cpu() for r in rows])
+    return save_png(path, image_grid(grid, nrow=len(x)))
+
+
 def samples(model: Autoencoder, path: str | Path, n: int = 64, seed: int = 0) -> Path:
     """Decoded draws from the prior (or the fitted latent density), E[x|z]; for a
     label-conditioned model one row per class."""

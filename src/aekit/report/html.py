@@ -53,6 +53,9 @@ CAPTIONS = {
     "curves": "Training curves per epoch.",
     "kl_per_dim": "Test KL per latent dimension (nats).",
     "reconstructions": "Test inputs (rows 1, 3, ...) above their reconstructions E[x|z].",
+    "masked_predictions": "Rows: test inputs; the patches the encoder sees (hidden ones grey, "
+    "{ratio:.0%} hidden); the predicted image{norm}; the prediction of the hidden patches with "
+    "the visible ones pasted back. {losses}",
     "samples": "Decoded samples, E[x|z] for z from the prior p(z) or, for models without one, "
     "from the Gaussian mixture fitted on the training codes; one row per class for "
     "label-conditioned models.",
@@ -395,6 +398,29 @@ def _prior_source(model: Autoencoder) -> str:
     return "the prior p(z)" if model.has_prior else "the fitted latent density"
 
 
+def _masked_caption(model: Autoencoder, evaluation: dict[str, Any] | None) -> str:
+    """The masked-predictions caption: the mask ratio, and the test loss against the two
+    references (predicting zero, predicting each hidden patch's mean) when evaluated."""
+    metrics = (evaluation or {}).get("metrics", {})
+    norm = getattr(model.objective.options, "norm_pix", False)
+    losses = ""
+    if "loss_predict_zero" in metrics:
+        losses = (
+            f"Test loss on the hidden patches {metrics['loss']:.4f}, against "
+            f"{metrics['loss_predict_zero']:.4f} for predicting zero and "
+            f"{metrics['loss_patch_mean']:.4f} for predicting each hidden patch's own mean"
+            f"{' (the loss is on normalised patches)' if norm else ''}."
+        )
+    return CAPTIONS["masked_predictions"].format(
+        ratio=model.corruption.options.mask_ratio,
+        norm=", each patch scaled back from its normalised prediction by the true patch's mean "
+        "and standard deviation"
+        if norm
+        else "",
+        losses=losses,
+    )
+
+
 def _make_figures(
     model: Autoencoder,
     history: list[dict[str, Any]],
@@ -434,7 +460,11 @@ def _make_figures(
     method = "spherical" if model.has_prior else "linear"
     captions = dict(CAPTIONS, interpolation=CAPTIONS["interpolation"].format(method=method))
     drawers: dict[str, Callable[[Path], Path]] = {}
-    if images:
+    if images and model.decodes_tokens:  # it completes images; it decodes no code alone
+        if hasattr(model.corruption.options, "mask_ratio"):
+            captions["masked_predictions"] = _masked_caption(model, evaluation)
+            drawers["masked_predictions"] = lambda path: figures.masked_predictions(model, x, path)
+    elif images:
         drawers["reconstructions"] = lambda path: figures.reconstructions(model, x, path)
         drawers["traversal"] = lambda path: figures.traversal(model, x, path)
         if len(x) >= 2:  # a pair of examples to interpolate between
@@ -558,7 +588,8 @@ def build_report(
         codebook,
     ]
     images = [
-        "reconstructions", "samples", "traversal", "interpolation", "latent_pca",
+        "reconstructions", "masked_predictions", "samples", "traversal", "interpolation",
+        "latent_pca",
         "prior_posterior",
     ]  # fmt: skip
     if any(name in made for name in images):

@@ -23,8 +23,10 @@ def fit_sampling_density(
     """Give a model without a prior something to sample (and compress) with, fitted on its
     training codes and saved in `run`: a quantizer gets a categorical per position (which
     `aekit compress` also entropy-codes with), a deterministic code a density (as RAE)."""
-    if model.has_prior or model.bottleneck.is_sparse:
-        return  # a mixture over sparse codes would be meaningless (and huge)
+    if model.has_prior or model.bottleneck.is_sparse or model.decodes_tokens:
+        # A mixture over sparse codes would be meaningless (and huge); a decoder of patch
+        # tokens decodes no pooled code drawn from a density.
+        return
     train = splits.train
     if train.binarize:
         train = TensorData.binarized_once(train, seed=splits.spec.split_seed + 4)
