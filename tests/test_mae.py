@@ -169,6 +169,9 @@ def test_every_parameter_trains_and_the_parts_refuse_what_they_cannot_do():
         aekit.build("ae", (1, 8, 8), objective="masked-patches", body="vit", **SMALL)
     with pytest.raises(AekitError, match="takes no condition"):
         aekit.build("mae", (1, 8, 8), condition_classes=3, **SMALL)
+    for refused in ({"bottleneck": "gaussian"}, {"prior": "normal"}):
+        with pytest.raises(AekitError, match="the identity bottleneck"):
+            aekit.build("mae", (1, 8, 8), **SMALL, **refused)
     with pytest.raises(AekitError, match="mask_ratio must be a fraction"):
         aekit.build("mae", (1, 8, 8), mask_ratio=1.0, **SMALL)
 

@@ -24,11 +24,7 @@ class Identity(Bottleneck):
     def forward(
         self, h: torch.Tensor | Tokens, samples: int = 1, step: int | None = None
     ) -> BottleneckOutput:
-        if isinstance(h, Tokens):
-            if samples != 1 or self.prior is not None:
-                raise AekitError(
-                    "per-patch codes (a vit token decoder) take one draw and no --prior"
-                )
+        if isinstance(h, Tokens):  # one draw, no prior: the model refuses the others
             return BottleneckOutput(z=h, code=h.pooled(), samples=1)
         z = h if samples == 1 else h.repeat(samples, 1)
         return BottleneckOutput(z=z, code=h, samples=samples, prior=self.prior)

@@ -110,6 +110,14 @@ class Autoencoder(nn.Module):
             )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
+        if getattr(decoder, "reads_tokens", False) and (
+            config.bottleneck.kind != "identity" or prior is not None
+        ):
+            raise AekitError(
+                "a vit token decoder reads one code per patch: they pass the identity "
+                f"bottleneck as they are, with no --prior (got {config.bottleneck.kind!r}"
+                f"{' with a prior' if prior is not None else ''})"
+            )
         if corruption.part_of_objective and not getattr(decoder, "reads_tokens", False):
             raise AekitError(
                 f"the {config.corruption.kind!r} corruption hides patches from a vit encoder "

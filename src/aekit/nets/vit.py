@@ -199,8 +199,6 @@ class ViTDecoder(nn.Module):
     decoder_width and put in its place, the hidden places get the shared mask token, and the
     positions tell them apart (He et al. 2022, section 3)."""
 
-    reads_tokens = False
-
     def __init__(
         self, latent_dim: int, output_shape: tuple[int, int, int], options: ViTOptions
     ) -> None:
