@@ -12,6 +12,8 @@ finetune (peers-mae.json): per seed, `aekit train mae` with its defaults for --e
     - the same ViT from scratch (the same config, untrained) under the same two budgets.
 sweep (peers-mae-sweep.json): seed 0 pre-trained at each --ratios mask ratio for --epochs,
     its frozen probes and the subset fine-tuning.
+training (peers-mae-training.json): seed 0 pre-trained for each of --epochs-list, its frozen
+    probes: how the gap to the pixels moves with training time.
 speed (peers-mae-speed.json): images/s of one training step (forward, backward, AdamW) at
     mask ratio 0.75 against 0 (every patch through the encoder), batch 256, interleaved,
     medians, at 2 threads and at 1.
@@ -19,6 +21,7 @@ speed (peers-mae-speed.json): images/s of one training step (forward, backward, 
     python benchmarks/mae.py finetune --seeds 0,1,2 --epochs 4 \
         --pixels-from benchmarks/results/peers-probes-pixels.json
     python benchmarks/mae.py sweep --ratios 0.5,0.75,0.9 --epochs 4
+    python benchmarks/mae.py training --epochs-list 1,6
     python benchmarks/mae.py speed
 """
 
@@ -218,6 +221,33 @@ def part_sweep(args) -> None:
     print(f"wrote {save_result('mae-sweep', payload)}")
 
 
+def part_training(args) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for epochs in (int(e) for e in args.epochs_list.split(",")):
+            run = Path(scratch) / f"mae-{epochs}"
+            seconds = pretrain(run, 0, epochs, args.data_dir)
+            rows.append({"epochs": epochs, "pretrain_seconds": seconds, **frozen_probes(run)})
+            print(json.dumps(rows[-1])[:400], flush=True)
+    lines = [
+        "| pre-training epochs | seconds | linear % | k-NN k=20 cosine % | k-NN k=5 Euclidean % |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{100 * r['probe'][n]['accuracy']:.1f}" for n in FROZEN]
+        lines.append(f"| {r['epochs']} | {r['pretrain_seconds']:.0f} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines)
+    print("\n" + markdown)
+    payload = {
+        "protocol": "seed 0, mae defaults; frozen probes fitted on the 60,000 training codes, "
+        "scored on the 10,000 test images",
+        "threads": args.threads,
+        "rows": rows,
+        "table": markdown,
+    }
+    print(f"wrote {save_result('mae-training', payload)}")
+
+
 def part_speed(args) -> None:
     x = torch.rand(256, 1, 28, 28)
     results = {}
@@ -256,7 +286,7 @@ def part_speed(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("finetune", "sweep", "speed"))
+    parser.add_argument("part", choices=("finetune", "sweep", "training", "speed"))
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/fashion-mnist"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=4, help="MAE pre-training epochs")
@@ -264,6 +294,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=1000)
     parser.add_argument("--subset-epochs", type=int, default=30)
     parser.add_argument("--ratios", default="0.5,0.75,0.9")
+    parser.add_argument("--epochs-list", default="1,6")
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pixels-from", help="a results file with the raw pixels' probes")
@@ -272,7 +303,9 @@ def main() -> None:
     if args.limit:
         LIMIT.extend(["--limit", str(args.limit)])
     torch.set_num_threads(args.threads)
-    {"finetune": part_finetune, "sweep": part_sweep, "speed": part_speed}[args.part](args)
+    parts = {"finetune": part_finetune, "sweep": part_sweep, "training": part_training}
+    parts["speed"] = part_speed
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
