@@ -156,6 +156,8 @@ def finetune(
     from torch import nn
     from torch.nn import functional as F
 
+    from aekit.schedules import scheduled_lr
+
     if epochs < 1:
         raise AekitError(f"the fine-tuning probe needs at least one epoch (got {epochs})")
     classes = int(train_y.max()) + 1
@@ -177,13 +179,8 @@ def finetune(
     step = 0
     for _ in range(epochs):
         for rows in torch.randperm(n, generator=generator).split(batch_size):
-            scale = (
-                (step + 1) / warmup
-                if step < warmup
-                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            )
             for group in optimiser.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = scheduled_lr(step, total, lr, warmup)
             x = train_x[rows].to(device, dtype)
             loss = F.cross_entropy(head(tuned.encode(x)), train_y[rows].to(device).long())
             optimiser.zero_grad(set_to_none=True)

@@ -29,6 +29,7 @@ from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError, TrainingDiverged, TrainingInterrupted
 from aekit.eval.metrics import evaluate
 from aekit.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from aekit.schedules import scheduled_lr
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
 from aekit.train.protocol import Trainable
@@ -79,13 +80,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+    return scheduled_lr(
+        step, total_steps, config.lr, config.warmup_steps, config.schedule, config.min_lr_ratio
+    )
 
 
 def as_data(data: Any, name: str) -> Any:
