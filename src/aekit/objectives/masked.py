@@ -51,14 +51,6 @@ class MaskedPatches(Objective):
             )
         self.patch, self.grid = decoder.patch, decoder.grid
 
-    def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-patch targets (B, N, P) of images x."""
-        patches = patchify(x, self.patch)
-        if not self.options.norm_pix:
-            return patches
-        mean, std = patch_statistics(patches)
-        return (patches - mean) / std
-
     def as_data(self, prediction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """A normalised prediction scaled back by the true patches' statistics (what MAE's
         own visualisation does); the prediction itself otherwise."""
@@ -76,20 +68,23 @@ class MaskedPatches(Objective):
             )
         hidden = tokens.hidden()
         count = hidden.sum().clamp(min=1)
-        target = self.targets(f.x)
+        patches = patchify(f.x, self.patch)
         predicted = patchify(f.params, self.patch)
+        target, pixels = patches, predicted  # the targets, and the prediction in pixels
+        if self.options.norm_pix:
+            mean, std = patch_statistics(patches)
+            target, pixels = (patches - mean) / std, predicted.detach() * std + mean
 
-        def on_hidden(per_value: torch.Tensor) -> torch.Tensor:
-            return (per_value.mean(-1) * hidden).sum() / count
+        def on_hidden(per_patch: torch.Tensor) -> torch.Tensor:
+            return (per_patch * hidden).sum() / count
 
-        loss = on_hidden((predicted - target).pow(2))
+        loss = on_hidden((predicted - target).pow(2).mean(-1))
         with torch.no_grad():
-            pixels = patchify(self.as_data(f.params, f.x), self.patch)
             terms = {
                 "loss": loss.detach(),
-                "masked_mse": on_hidden((pixels - patchify(f.x, self.patch)).pow(2)),
-                "loss_predict_zero": on_hidden(target.pow(2)),
-                "loss_patch_mean": on_hidden(target.var(-1, unbiased=False, keepdim=True)),
+                "masked_mse": on_hidden((pixels - patches).pow(2).mean(-1)),
+                "loss_predict_zero": on_hidden(target.pow(2).mean(-1)),
+                "loss_patch_mean": on_hidden(target.var(-1, unbiased=False)),
                 "mask_ratio": hidden.mean(),
             }
         return ObjectiveOutput(loss, terms)
