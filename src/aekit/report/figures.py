@@ -189,7 +189,7 @@ def masked_predictions(
     (hidden patches grey), the prediction of every patch in the data's units (normalised
     targets scaled back by each true patch's statistics) and the prediction of the hidden
     patches with the visible ones pasted back. The mask is drawn from `seed`."""
-    from aekit.patches import unpatchify, visible_patches
+    from aekit.patches import Masked, unpatchify
 
     _require_images(model, "masked predictions")
     ratio = getattr(model.corruption.options, "mask_ratio", None)
@@ -197,8 +197,9 @@ def masked_predictions(
         raise AekitError("masked predictions need the patches corruption (--corruption patches)")
     x = x[:n].to(model.device, model.dtype)
     patches = model.decoder.position.shape[0]
-    noise = torch.rand(len(x), patches, generator=torch.Generator().manual_seed(seed))
-    keep = noise.argsort(1)[:, : visible_patches(patches, ratio)].to(model.device)
+    with torch.random.fork_rng(devices=[]):  # the mask from `seed` (drawn on the CPU)
+        torch.manual_seed(seed)
+        keep = Masked(x.cpu(), ratio).keep_indices(patches).to(model.device)
     with _inference(model), model.corruption.fixed(keep):
         out = model(x)
     hidden = out.bottleneck.z.hidden()
