@@ -32,12 +32,16 @@ def recipe_setup(name: str, shape: tuple[int, ...], latent: int) -> dict:
         options.update(variables=2, categories=3)
     elif bottleneck == "joint":
         options.update(continuous_dim=2, variables=1, categories=3)
-    elif not issubclass(BOTTLENECKS[bottleneck], Quantizer):
+    elif not issubclass(BOTTLENECKS[bottleneck], Quantizer) or bottleneck == "lq":
         options["latent_dim"] = latent
     if bottleneck in ("topk", "batchtopk", "abstopk"):
         options["k"] = 2
     if bottleneck == "jumprelu":  # a wide kernel: the thresholds' pseudo-gradient is non-zero
         options["bandwidth"] = 1.0
+    if kinds["objective"] == "beta-tcvae":  # the Trainer takes it from the data
+        options["dataset_size"] = 100
+    if kinds["objective"] == "factor-vae":
+        options.update(discriminator_width=8, discriminator_layers=1)
     if recipe.paired:
         options["output_shape"] = (5,)
     if recipe.conditional:

@@ -28,6 +28,23 @@ class NoOptions:
     """A component without hyper-parameters."""
 
 
+@dataclass
+class AuxiliaryStep:
+    """A part of a model that an optimiser of its own trains inside the one training loop,
+    stepped after each step of the model (FactorVAE's discriminator, and any adversarial part
+    to come). Its parameters are left out of the model's optimiser; its optimiser's state is
+    checkpointed with the model's, so a resumed run continues it exactly."""
+
+    name: str
+    parameters: list[Any]
+    """The part's parameters (torch Parameters)."""
+    make_optimizer: Callable[[list[Any]], Any]
+    """Builds its optimiser over `parameters`."""
+    loss: Callable[[Any], Any]
+    """The model's output of the step -> an output with `loss` (minimised) and `terms`
+    (named, detached batch means, averaged into the epoch record beside the model's)."""
+
+
 @dataclass(frozen=True)
 class Dims:
     """What a component needs to know about the model it sits in."""

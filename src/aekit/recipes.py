@@ -412,6 +412,42 @@ for recipe in (
     register_recipe(recipe)
 
 
+FACTOR_LATENTS = 10
+"""The latent width of the disentanglement recipes: 10, as in the FactorVAE and beta-TCVAE
+papers' dSprites models and twice dSprites' five factors (the QLAE paper's rule)."""
+for recipe in (
+    Recipe(
+        "beta-tcvae",
+        "beta-TCVAE: the KL split into index-code MI, total correlation (x beta=6) and "
+        "dimension-wise KL, estimated from the batch (mws or mss)",
+        "Chen et al. 2018, Isolating sources of disentanglement in variational autoencoders",
+        kinds={"bottleneck": "gaussian", "objective": "beta-tcvae"},
+        data={"binarize": True},
+        latent_dim=FACTOR_LATENTS,
+    ),
+    Recipe(
+        "factor-vae",
+        "FactorVAE: ELBO + gamma (35) x total correlation, estimated by a discriminator on "
+        "per-dimension permuted codes, trained alongside with its own Adam",
+        "Kim & Mnih 2018, Disentangling by factorising",
+        kinds={"bottleneck": "gaussian", "objective": "factor-vae"},
+        data={"binarize": True},
+        latent_dim=FACTOR_LATENTS,
+        train={"lr": 1e-4},
+    ),
+    Recipe(
+        "qlae",
+        "Quantized latent AE: a learned 10-value scalar codebook per latent, straight-through, "
+        "AdamW with weight decay 0.1",
+        "Hsu et al. 2023, Disentanglement via latent quantization",
+        kinds={"bottleneck": "lq"},
+        latent_dim=FACTOR_LATENTS,
+        train={"optimizer": "adamw", "weight_decay": 0.1, "grad_clip": 1.0},
+    ),
+):
+    register_recipe(recipe)
+
+
 register_recipe(
     Recipe(
         "mae",

@@ -96,7 +96,8 @@ def model_config(
     components = {slot: Component.create(slot, kinds[slot], values[slot]) for slot in SLOTS}
     input_shape = tuple(input_shape)
     bottleneck = components["bottleneck"]
-    if issubclass(BOTTLENECKS[bottleneck.kind], Quantizer):
+    cls = BOTTLENECKS[bottleneck.kind]
+    if issubclass(cls, Quantizer) and cls.codes_positions:
         components["body"], latent_dim = quantizer_layout(
             components["body"], input_shape, latent_dim, bottleneck
         )

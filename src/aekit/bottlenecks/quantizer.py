@@ -102,10 +102,13 @@ class Quantizer(Bottleneck):
 
     truncatable = False
     """Whether a prefix of the slots is itself a valid, coarser code (residual VQ)."""
+    codes_positions = True
+    """Whether the latent is a grid of code vectors, one per position of the last feature map
+    on images (VQ-VAE's layout); False: one flat latent, quantized as a whole (QLAE)."""
 
     def __init__(self, options, dims: Dims) -> None:
         super().__init__(options, dims)
-        self.code_dim = int(options.vector_width)
+        self.code_dim = int(self.vector_width(options, dims))
         if self.code_dim < 1:
             raise AekitError(f"the code vectors need at least 1 dimension (got {self.code_dim})")
         if dims.latent_dim % self.code_dim:
@@ -114,6 +117,12 @@ class Quantizer(Bottleneck):
                 f"width ({self.code_dim})"
             )
         self.positions = dims.latent_dim // self.code_dim
+
+    @staticmethod
+    def vector_width(options, dims: Dims) -> int:
+        """The width of each code vector: the options' `vector_width` (a scalar codebook per
+        latent, QLAE's, codes the whole latent as one vector)."""
+        return options.vector_width
 
     @property
     @abstractmethod

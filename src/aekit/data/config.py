@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 from aekit.components import SavedConfig
 from aekit.errors import AekitError
 
-BUILTIN_SOURCES = ("digits", "mnist", "fashion-mnist")
+BUILTIN_SOURCES = ("digits", "mnist", "fashion-mnist", "dsprites")
+MAX_SUBSET = 5
+"""The sparsest dSprites sub-grid: every 5th of the 6 scales still keeps two."""
 SCALES = ("auto", "none", "minmax", "255", "standard")
 
 
@@ -19,7 +21,8 @@ class DataConfig(SavedConfig):
     and `aekit report` rebuild exactly the same splits and scaling."""
 
     source: str = "digits"
-    """`digits` (scikit-learn, bundled), `mnist`, `fashion-mnist`, a `.npy`/`.npz`/`.csv` file,
+    """`digits` (scikit-learn, bundled), `mnist`, `fashion-mnist`, `dsprites` (drawn here, with
+    its five factors: `aekit.data.dsprites`), a `.npy`/`.npz`/`.csv` file,
     a MATLAB `.mat` file with `X` (and `y`: the ODDS outlier sets), or a folder of PNG/JPEG
     images (one sub-folder per class gives labels)."""
     data_dir: str | None = None
@@ -35,6 +38,10 @@ class DataConfig(SavedConfig):
     """Resize the images of a folder to H,W (else all must share one size)."""
     grayscale: bool | None = None
     """Read a folder's images as grey (True), RGB (False) or decide from the files (None)."""
+    subset: int = 1
+    """dsprites: keep every n-th value of scale, orientation, x and y (all three shapes); 1 is
+    the full grid of 737,280 images (11 GiB as float32), 2 keeps 46,080, 4 keeps 3,840, 5
+    keeps 2,352."""
     scale: str = "auto"
     """`auto` (uint8 -> /255, digits -> /16, `.mat` tables -> standard, data in [0,1] kept,
     otherwise min-max), `none`, `minmax`, `255`, or `standard` (each feature to zero mean and
@@ -87,5 +94,10 @@ class DataConfig(SavedConfig):
                 raise AekitError(f"{name} must be in [0, 1) (got {value})")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise AekitError("val_fraction + test_fraction must be below 1")
+        if not 1 <= self.subset <= MAX_SUBSET:
+            raise AekitError(
+                f"subset must be from 1 to {MAX_SUBSET} (got {self.subset}): beyond it "
+                "dSprites' scale would keep one value and stop being a factor"
+            )
         if self.limit is not None and self.limit < 1:
             raise AekitError(f"limit must be at least 1 (got {self.limit})")

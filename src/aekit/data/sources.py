@@ -34,7 +34,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_X_KEYS = ("x", "X", "data", "images", "arr_0")
 NPZ_Y_KEYS = ("y", "Y", "labels", "targets")
 
-Part = tuple[np.ndarray, np.ndarray | None]  # examples and their labels, if any
+Part = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+"""Examples, their labels and their ground-truth factors, where the source has them."""
 
 
 @dataclass
@@ -50,6 +51,8 @@ class _Raw:
     class_names: list[str] | None = None
     full_scale: float | None = None  # the known maximum value, for scale=auto
     tabular: bool = False  # rows x features by nature (.mat): scale=auto standardises
+    factors: np.ndarray | None = None  # (N, K) ground-truth factor indices (dsprites)
+    factor_names: tuple[str, ...] | None = None
 
 
 def load_data(spec: DataConfig) -> Splits:
@@ -75,6 +78,8 @@ def load_data(spec: DataConfig) -> Splits:
             binarize=spec.binarize and name == "train",
             name=f"{spec.source} ({name})",
             spec=resolved,
+            factors=part[2],
+            factor_names=raw.factor_names,
         )
     if spec.binarize:
         for name, td in data.items():
@@ -102,7 +107,14 @@ def load_all(spec: DataConfig) -> TensorData:
     if raw.x_test is not None:
         x = np.concatenate([x, raw.x_test])
         y = None if y is None or raw.y_test is None else np.concatenate([y, raw.y_test])
-    return TensorData(scaling.apply(x), y, name=spec.source, spec=scaling.resolved(spec))
+    return TensorData(
+        scaling.apply(x),
+        y,
+        name=spec.source,
+        spec=scaling.resolved(spec),
+        factors=raw.factors,
+        factor_names=raw.factor_names,
+    )
 
 
 def read_rows(spec: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -126,7 +138,7 @@ def _read_source(spec: DataConfig) -> _Raw:
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if source in BUILTIN_SOURCES:
-        kind = source if source == "digits" else "idx"
+        kind = source if source in ("digits", "dsprites") else "idx"
     elif path.is_dir():
         kind = "folder"
     elif path.is_file() and suffix in (".npy", ".npz", ".csv", ".mat"):
@@ -140,6 +152,8 @@ def _read_source(spec: DataConfig) -> _Raw:
 
     if kind == "digits":
         raw = _read_digits()
+    elif kind == "dsprites":
+        raw = _read_dsprites(spec.subset)
     elif kind == "idx":
         raw = _read_idx_dataset(source, spec.data_dir)
     elif kind == "folder":
@@ -182,6 +196,8 @@ def _check_options(spec: DataConfig, kind: str) -> None:
         raise AekitError("image_size applies only to image folders")
     if spec.grayscale is not None and kind != "folder":
         raise AekitError("grayscale applies only to image folders")
+    if spec.subset != 1 and kind != "dsprites":
+        raise AekitError("subset applies only to dsprites")
 
 
 def _read_digits() -> _Raw:
@@ -189,6 +205,21 @@ def _read_digits() -> _Raw:
 
     digits = load_digits()
     return _Raw(digits.images[:, None], digits.target, "digits", full_scale=16.0)
+
+
+def _read_dsprites(subset: int) -> _Raw:
+    from aekit.data import dsprites
+
+    x, factors, grid = dsprites.load(subset)
+    return _Raw(
+        x,
+        factors[:, 0],
+        f"dsprites (procedural, subset {subset}: {' x '.join(map(str, grid.sizes))})",
+        class_names=list(dsprites.SHAPES),
+        full_scale=1.0,
+        factors=factors,
+        factor_names=dsprites.FACTOR_NAMES,
+    )
 
 
 def _idx_layout(folder: Path) -> dict[str, Path] | None:
@@ -527,10 +558,11 @@ def _split(raw: _Raw, spec: DataConfig, limit: int | None = None) -> dict[str, P
     def take(index: np.ndarray) -> Part | None:
         if len(index) == 0:
             return None
-        return raw.x[index], None if raw.y is None else raw.y[index]
+        y = None if raw.y is None else raw.y[index]
+        return raw.x[index], y, None if raw.factors is None else raw.factors[index]
 
     if raw.x_test is not None:
-        test: Part | None = (raw.x_test, raw.y_test)
+        test: Part | None = (raw.x_test, raw.y_test, None)
     else:
         test = take(order[:n_test])
     train = order[n_test + n_val :]
@@ -582,10 +614,10 @@ def _resolve_scaling(spec: DataConfig, raw: _Raw, train_x: Callable[[], np.ndarr
         return _saved_scaling(spec, raw)
     if spec.scale == "none":
         return _Scaling(0.0, 1.0)
+    if spec.scale == "auto" and raw.full_scale is not None:  # before uint8: dsprites is 0/1
+        return _Scaling(0.0, raw.full_scale)
     if spec.scale == "255" or (spec.scale == "auto" and raw.x.dtype == np.uint8):
         return _Scaling(0.0, 255.0)
-    if spec.scale == "auto" and raw.full_scale is not None:
-        return _Scaling(0.0, raw.full_scale)
     if spec.scale == "standard" or (spec.scale == "auto" and raw.tabular):
         return _standard_scaling(train_x(), raw.what)
     x = train_x()

@@ -26,7 +26,9 @@ class Batch(NamedTuple):
 
 
 class TensorData:
-    """Examples `x` of shape (N, *shape), float32, with optional integer labels `y` (N,).
+    """Examples `x` of shape (N, *shape), float32, with optional integer labels `y` (N,) and
+    ground-truth factors (N, K) (integer indices, e.g. dSprites' shape, scale, orientation,
+    x and y) that disentanglement metrics score codes against.
 
     With `binarize=True` every batch is re-sampled as Bernoulli(x) (dynamic binarisation);
     data that should be binarised once (validation, test) is binarised at construction
@@ -41,6 +43,8 @@ class TensorData:
         binarize: bool = False,
         name: str = "data",
         spec: DataConfig | None = None,
+        factors: torch.Tensor | np.ndarray | None = None,
+        factor_names: tuple[str, ...] | None = None,
     ) -> None:
         x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         check_array(x_np, name)
@@ -51,6 +55,15 @@ class TensorData:
             self.y: torch.Tensor | None = torch.as_tensor(y_np, dtype=torch.int64)
         else:
             self.y = None
+        self.factors: torch.Tensor | None = None
+        if factors is not None:
+            f = torch.as_tensor(np.asarray(factors), dtype=torch.int64)
+            if f.ndim != 2 or f.shape[0] != len(self.x):
+                raise AekitError(
+                    f"{name}: factors must be (N, K) with N = {len(self.x)} (got {tuple(f.shape)})"
+                )
+            self.factors = f
+        self.factor_names = tuple(factor_names) if factor_names is not None else None
         self.binarize = binarize
         self.name = name
         self.spec = spec
@@ -62,7 +75,15 @@ class TensorData:
             raise AekitError(f"{data.name}: binarisation needs values in [0, 1]")
         generator = torch.Generator().manual_seed(seed)
         x = torch.bernoulli(data.x.cpu(), generator=generator)
-        return cls(x, data.y, binarize=False, name=data.name, spec=data.spec)
+        return cls(
+            x,
+            data.y,
+            binarize=False,
+            name=data.name,
+            spec=data.spec,
+            factors=data.factors,
+            factor_names=data.factor_names,
+        )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -94,6 +115,8 @@ class TensorData:
         sub.__dict__.update(self.__dict__)
         sub.x = self.x[index]
         sub.y = self.y[index] if self.y is not None else None
+        if self.factors is not None:
+            sub.factors = self.factors[index.cpu() if isinstance(index, torch.Tensor) else index]
         sub.name = name or self.name
         return sub
 

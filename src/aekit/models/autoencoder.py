@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.bottlenecks.quantizer import Quantizer
+from aekit.components import AuxiliaryStep
 from aekit.corruption import Corruption
 from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
@@ -110,6 +111,8 @@ class Autoencoder(nn.Module):
             )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
+        if objective.auxiliary is not None:
+            self.auxiliary = objective.auxiliary  # saved, moved and loaded with the model
         if getattr(decoder, "reads_tokens", False) and (
             config.bottleneck.kind != "identity" or prior is not None
         ):
@@ -388,6 +391,25 @@ class Autoencoder(nn.Module):
             return self(batch.x, step=step, target=batch.y, check_values=False)
         condition = batch.y if self.conditional else None
         return self(batch.x, step=step, condition=condition, check_values=False)
+
+    def see_training_data(self, data: Any) -> None:
+        """The objective is told the training set's size (beta-TCVAE mixes over it)."""
+        self.objective.see_training_data(len(data))
+
+    def auxiliary_steps(self) -> list[AuxiliaryStep]:
+        """The objective's own network (FactorVAE's discriminator), trained on each step's
+        bottleneck output."""
+        net = self.objective.auxiliary
+        if net is None:
+            return []
+        return [
+            AuxiliaryStep(
+                self.objective.auxiliary_name,
+                [p for p in net.parameters() if p.requires_grad],
+                self.objective.auxiliary_optimizer,
+                lambda out: self.objective.auxiliary_loss(out.bottleneck),
+            )
+        ]
 
     def is_initialised(self) -> bool:
         """Whether the data-dependent initialisation (if the parts have one) has run."""

@@ -10,6 +10,7 @@ ordinary run directory per member (`RUN/members/NAME`), loadable on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aekit.components import AuxiliaryStep
 from aekit.data.activations.source import pick
 from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
@@ -113,6 +115,25 @@ class ModelGroup(nn.Module):
 
     def schedule_end(self) -> int:
         return max(model.schedule_end() for model in self.models.values())
+
+    def see_training_data(self, data: Any) -> None:
+        for model in self.models.values():
+            model.see_training_data(data)
+
+    def auxiliary_steps(self) -> list[AuxiliaryStep]:
+        """The members' auxiliary steps, each on its member's output of the step."""
+
+        def on_member(name: str, step: AuxiliaryStep) -> AuxiliaryStep:
+            def loss(out: GroupOutput) -> Any:
+                return step.loss(out.members[name])
+
+            return dataclasses.replace(step, name=f"{name}/{step.name}", loss=loss)
+
+        return [
+            on_member(name, step)
+            for name, model in self.models.items()
+            for step in model.auxiliary_steps()
+        ]
 
     def step_forward(self, batch: Batch, step: int) -> GroupOutput:
         outs = {

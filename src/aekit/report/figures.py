@@ -244,27 +244,78 @@ def traversal(
     for continuous latents each of the most active dimensions from its 2nd to its 98th
     percentile around the median code, for a categorical variable each of its values."""
     _require_images(model, "traversal")
+    with _inference(model):
+        rows = model.bottleneck.traversals(_codes(model, x), dims, steps)
+    categorical = any(label.startswith("c") for label, _ in rows)
+    continuous = any(label.startswith("z") for label, _ in rows)
+    lines = ["2nd to 98th percentile of the codes, others at the median"] if continuous else []
+    if categorical:
+        lines = [f"z: {line}" for line in lines] + ["c: each value in turn"]
+    return _sweeps(model, rows, path, "\n".join(lines))
+
+
+def _sweeps(
+    model: Autoencoder, rows: list[tuple[str, torch.Tensor]], path: str | Path, xlabel: str
+) -> Path:
+    """The decoded codes of each labelled row of a sweep, one image row each."""
     path = Path(path)
     with _inference(model):
-        z = _codes(model, x)
-        rows = model.bottleneck.traversals(z, dims, steps)
         width = max(len(codes) for _, codes in rows)
-        images = [_batched(model.decode, codes.to(z.dtype), model.device) for _, codes in rows]
+        images = [_batched(model.decode, codes, model.device) for _, codes in rows]
     blank = torch.zeros_like(images[0][:1])
     padded = [torch.cat([im, blank.expand(width - len(im), *im.shape[1:])]) for im in images]
     grid = image_grid(torch.cat(padded), nrow=width)
     pitch = (grid.shape[0] - 1) / len(rows)
-    categorical = any(label.startswith("c") for label, _ in rows)
-    continuous = any(label.startswith("z") for label, _ in rows)
     with figure_row(path, size=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.6)) as (ax,):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_yticks([pitch * (i + 0.5) for i in range(len(rows))], [r[0] for r in rows])
         ax.set_xticks([])
-        lines = ["2nd to 98th percentile of the codes, others at the median"] if continuous else []
-        if categorical:
-            lines = [f"z: {line}" for line in lines] + ["c: each value in turn"]
-        ax.set_xlabel("\n".join(lines))
+        ax.set_xlabel(xlabel)
     return path
+
+
+def factor_information(
+    nmi: Sequence[Sequence[float]], factor_names: Sequence[str], path: str | Path
+) -> Path:
+    """A heat map of I(factor; z_j) / H(factor), factors x latents: a disentangled code has
+    one bright cell per row and per column."""
+    path = Path(path)
+    matrix = np.asarray(nmi, dtype=np.float64)
+    rows, cols = matrix.shape
+    with figure_row(path, size=(max(4.0, 0.45 * cols + 2.0), 0.45 * rows + 1.6)) as (ax,):
+        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(cols), [f"z{j}" for j in range(cols)])
+        ax.set_yticks(range(rows), list(factor_names))
+        for i in range(rows):
+            for j in range(cols):
+                shade = "black" if matrix[i, j] > 0.6 else "white"
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=shade,
+                        fontsize=7)  # fmt: skip
+        ax.figure.colorbar(image, ax=ax, label="normalised mutual information")
+    return path
+
+
+def factor_traversals(
+    model: Autoencoder,
+    x: torch.Tensor,
+    nmi: Sequence[Sequence[float]],
+    factor_names: Sequence[str],
+    path: str | Path,
+    steps: int = 9,
+) -> Path:
+    """One row per factor: the latent that carries most of it (the heat map's brightest cell
+    in the factor's row) swept as in `traversal`, the other latents at the median code."""
+    _require_images(model, "factor traversals")
+    with _inference(model):
+        sweeps = dict(model.bottleneck.traversals(_codes(model, x), model.latent_dim, steps))
+    rows = []
+    for name, row in zip(factor_names, np.asarray(nmi, dtype=np.float64), strict=True):
+        label = f"z{int(np.argmax(row))}"
+        if label in sweeps:
+            rows.append((f"{name}: {label}", sweeps[label]))
+    if not rows:
+        raise AekitError("the model's bottleneck offers no sweep of single latents")
+    return _sweeps(model, rows, path, "each factor's most informative latent, others at the median")
 
 
 def latent_pca(

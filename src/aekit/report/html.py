@@ -70,6 +70,12 @@ CAPTIONS = {
     "prior_posterior": "The aggregate posterior over the prior: posterior means (codes) of "
     "{n} test examples, coloured by class where the data has labels, over {n} grey draws from "
     "{prior}. Where the two clouds differ, samples decoded from the prior look unlike the data.",
+    "factor_information": "Mutual information between each ground-truth factor and each "
+    "latent (mean codes of {n:,} examples, {bins} bins a latent), as a share of the factor's "
+    "entropy: a disentangled code has one bright cell per row and per column.",
+    "factor_traversals": "Per factor, the latent that carries most of it (the brightest cell "
+    "of its row in the mutual-information map) swept from its 2nd to 98th percentile, the "
+    "other latents at the median code.",
     "codebook_usage": "Code use on the {split} split: how many vectors each code coded, "
     "against its rank by frequency (log axes); one panel per slot (residual stage or product "
     "group, at most {panels}); the shaded band holds the dead codes, never used.",
@@ -315,6 +321,15 @@ def _eval_section(evaluation: dict[str, Any] | None) -> str:
             "<h3>Representation probes (frozen codes)</h3>",
             table(rows, ["probe", f"accuracy on {evaluation.get('split', '?')}", "protocol"]),
         ]
+    factors = metrics.get("disentanglement")
+    if isinstance(factors, dict):
+        from aekit.eval.factors import summary_rows
+
+        parts += [
+            f"<h3>Disentanglement against the factors {html.escape(', '.join(factors['factors']))}"
+            "</h3>",
+            table(summary_rows(factors), ["metric", "value", "variant and sample sizes"]),
+        ]
     splice = metrics.get("splice")
     if isinstance(splice, dict):
         parts += [
@@ -438,6 +453,14 @@ def _make_figures(
     if kl:
         figures.kl_per_dim(kl, folder / "kl_per_dim.png")
         made["kl_per_dim"] = CAPTIONS["kl_per_dim"]
+    factors = (evaluation or {}).get("metrics", {}).get("disentanglement")
+    nmi = (factors or {}).get("infomec", {}).get("nmi")
+    if nmi:
+        figures.factor_information(nmi, factors["factors"], folder / "factor_information.png")
+        made["factor_information"] = CAPTIONS["factor_information"].format(
+            n=factors["infomec"].get("num_samples", factors["examples"]),
+            bins=factors["infomec"].get("num_bins", "?"),
+        )
     images = is_image_shape(model.input_shape)
     if images and (model.has_prior or model.latent_density is not None):
         figures.samples(model, folder / "samples.png")
@@ -467,6 +490,10 @@ def _make_figures(
     elif images:
         drawers["reconstructions"] = lambda path: figures.reconstructions(model, x, path)
         drawers["traversal"] = lambda path: figures.traversal(model, x, path)
+        if nmi:
+            drawers["factor_traversals"] = lambda path: figures.factor_traversals(
+                model, x, nmi, factors["factors"], path
+            )
         if len(x) >= 2:  # a pair of examples to interpolate between
             drawers["interpolation"] = lambda path: figures.interpolation(
                 model, x, path, INTERPOLATION_PAIRS, INTERPOLATION_STEPS, method
@@ -579,6 +606,7 @@ def build_report(
         "<h2>Training configuration</h2>",
         table([[k, v] for k, v in (config.get("train") or {}).items()]),
         _eval_section(evaluation),
+        figure("factor_information"),
         figure("kl_per_dim"),
         figure("density"),
         "<h2>Training</h2>",
@@ -588,8 +616,8 @@ def build_report(
         codebook,
     ]
     images = [
-        "reconstructions", "masked_predictions", "samples", "traversal", "interpolation",
-        "latent_pca",
+        "reconstructions", "masked_predictions", "samples", "traversal", "factor_traversals",
+        "interpolation", "latent_pca",
         "prior_posterior",
     ]  # fmt: skip
     if any(name in made for name in images):

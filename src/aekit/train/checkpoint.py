@@ -99,27 +99,70 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     *,
     random_state: dict[str, torch.Tensor] | None = None,
+    auxiliary: dict[str, torch.optim.Optimizer] | None = None,
 ) -> None:
     """Model, optimizer and trainer state in one file, so one atomic rename commits them;
-    with the random generators' states (`random_state`) a run resumes mid-epoch exactly."""
-    opt = optimizer.state_dict()
+    with the random generators' states (`random_state`) a run resumes mid-epoch exactly, and
+    with the optimisers of the model's `auxiliary` parts (a discriminator) those parts too."""
     tensors = _cpu_tensors(model.state_dict(), "model/")
     tensors.update(_cpu_tensors(random_state or {}, "random/"))
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in opt["state"].items():
-        for key, value in param_state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
+    groups, scalars = _optimizer_tensors(optimizer, "optim/", tensors)
+    extra: dict[str, dict[str, Any]] = {}
+    for name, aux in (auxiliary or {}).items():
+        aux_groups, aux_scalars = _optimizer_tensors(aux, f"auxiliary/{name}/", tensors)
+        extra[name] = {"param_groups": aux_groups, "optim_scalars": aux_scalars}
     write_safetensors(
         path,
         tensors,
         "aekit-checkpoint",
         trainer_state=json.dumps(trainer_state),
-        param_groups=json.dumps(opt["param_groups"]),
+        param_groups=json.dumps(groups),
         optim_scalars=json.dumps(scalars),
+        **({"auxiliary_optimizers": json.dumps(extra)} if extra else {}),
     )
+
+
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor]
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """An optimiser's tensors into `tensors` under `prefix`; its param groups and scalars."""
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in opt["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return opt["param_groups"], scalars
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    groups: list[Any],
+    scalars: dict[str, dict[str, Any]],
+    device: torch.device,
+    moved: dict[int, int] | None = None,
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, name = key[len(prefix) :].split("/", 1)
+            i = int(index) if moved is None else moved[int(index)]
+            state.setdefault(i, {})[name] = value
+    for index, values in scalars.items():
+        i = int(index) if moved is None else moved[int(index)]
+        state.setdefault(i, {}).update(values)
+    state = {
+        i: {
+            k: v.to(device) if isinstance(v, torch.Tensor) and k != "step" else v
+            for k, v in s.items()
+        }
+        for i, s in state.items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def checkpoint_model_state(
@@ -133,39 +176,47 @@ def checkpoint_model_state(
 
 
 def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    auxiliary: dict[str, torch.optim.Optimizer] | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Load model and optimizer state; return the trainer state and the random state saved
-    with it (empty for checkpoints of aekit < 0.3)."""
+    """Load model and optimizer state (and that of the `auxiliary` parts' optimisers); return
+    the trainer state and the random state saved with it (empty for checkpoints of aekit <
+    0.3)."""
     path = Path(path)
     tensors, metadata = read_aekit_safetensors(path, "checkpoint", "aekit-checkpoint")
     model_state, legacy = checkpoint_model_state(tensors, model)
     load_state(model, model_state, path)
     # Optimiser state is indexed by position in model.parameters(); 0.1's order differed.
-    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    moved = None
     if legacy:
+        position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
         order = legacy_parameter_names(model.config.to_dict())
         moved = {old: position[name] for old, name in enumerate(order)}
-    else:
-        moved = {i: i for i in position.values()}
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/", 2)
-            state.setdefault(moved[int(index)], {})[name] = value
-    for index, values in json.loads(metadata["optim_scalars"]).items():
-        state.setdefault(moved[int(index)], {}).update(values)
     device = next(model.parameters()).device
-    state = {
-        i: {
-            k: v.to(device) if isinstance(v, torch.Tensor) and k != "step" else v
-            for k, v in s.items()
-        }
-        for i, s in state.items()
-    }
-    optimizer.load_state_dict(
-        {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    _restore_optimizer(
+        optimizer,
+        tensors,
+        "optim/",
+        json.loads(metadata["param_groups"]),
+        json.loads(metadata["optim_scalars"]),
+        device,
+        moved,
     )
+    saved_auxiliary = json.loads(metadata.get("auxiliary_optimizers", "{}"))
+    for name, aux in (auxiliary or {}).items():
+        if name not in saved_auxiliary:
+            raise AekitError(f"{path}: holds no optimiser state of the model's {name}")
+        entry = saved_auxiliary[name]
+        _restore_optimizer(
+            aux,
+            tensors,
+            f"auxiliary/{name}/",
+            entry["param_groups"],
+            entry["optim_scalars"],
+            device,
+        )
     random_state = {k[len("random/") :]: v for k, v in tensors.items() if k.startswith("random/")}
     return json.loads(metadata["trainer_state"]), random_state
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from aekit.components import AuxiliaryStep
 from aekit.data.protocol import DataSource
 from aekit.data.tensor_data import Batch
 
@@ -26,9 +27,10 @@ class RunConfig(Protocol):
 
 @runtime_checkable
 class Trainable(Protocol):
-    """What the Trainer calls, in order: `check_data` once per source; per step
-    `step_forward`, `backward`, the optimiser step, `after_step`; per epoch `calibrate`
-    before validation and saving; `schedule_end` to warn when
+    """What the Trainer calls, in order: `check_data` once per source and
+    `see_training_data` once per run; per step `step_forward`, `backward`, the optimiser
+    step, `after_step`, then each of `auxiliary_steps` on the step's output; per epoch
+    `calibrate` before validation and saving; `schedule_end` to warn when
     the run ends before the schedules do. Besides these it is an `nn.Module` (parameters,
     state_dict, train/eval, to) whose `config` is saved in the run directory under its
     `run_kind` (how `aekit.load` rebuilds it), and whose `folded_state_dict()`, when it has
@@ -55,3 +57,12 @@ class Trainable(Protocol):
 
     def schedule_end(self) -> int:
         """The step at which warm-ups and annealing reach their final values."""
+
+    def see_training_data(self, data: DataSource) -> None:
+        """Once per fit, before its first step: what the model takes from the training data
+        itself (beta-TCVAE's data-set size), kept in its config; a value the config already
+        holds (a resumed run's) is kept."""
+
+    def auxiliary_steps(self) -> list[AuxiliaryStep]:
+        """Parts trained by optimisers of their own after each step (a discriminator); their
+        parameters stay out of the model's optimiser. Empty for most models."""

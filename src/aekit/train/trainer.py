@@ -155,6 +155,9 @@ class Trainer:
         self.random_state: dict[str, torch.Tensor] = {}
         self.checkpointed: tuple[int, int] | None = None
         """(epoch, step) of the latest checkpoint on disk: what a crash would resume from."""
+        self.auxiliary = model.auxiliary_steps()
+        """Parts stepped by optimisers of their own after each step (a discriminator)."""
+        self.auxiliary_optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # ---------------------------------------------------------------- run directory
     def _config_sections(self) -> dict[str, Any]:
@@ -184,7 +187,9 @@ class Trainer:
         from aekit.compress.versions import keep_version
 
         keep_version(self.run_dir)  # the weights and prior that compressed files name
-        saved, self.random_state = ckpt.load_checkpoint(path, self.model, optimizer)
+        saved, self.random_state = ckpt.load_checkpoint(
+            path, self.model, optimizer, self.auxiliary_optimizers
+        )
         known = {f.name for f in dataclasses.fields(TrainerState)}
         if not isinstance(saved, dict) or not {"epoch", "step"} <= set(saved) <= known:
             raise AekitError(f"{path}: the trainer state in its metadata is not aekit's")
@@ -214,10 +219,18 @@ class Trainer:
             "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
         )
 
+    def _model_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the model's optimiser steps: all but its auxiliary parts'."""
+        own = {id(p) for step in self.auxiliary for p in step.parameters}
+        return [p for p in self.model.parameters() if id(p) not in own]
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        self.auxiliary_optimizers = {
+            step.name: step.make_optimizer(step.parameters) for step in self.auxiliary
+        }
         return fastest_adam(
-            cls, self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+            cls, self._model_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
 
     # ---------------------------------------------------------------- the loop
@@ -238,6 +251,7 @@ class Trainer:
             else None
         )
         optimizer = self._make_optimizer()
+        model.see_training_data(train)
         if resume:
             self._resume(optimizer)
         elif self.run_dir is not None:
@@ -340,6 +354,7 @@ class Trainer:
                 pass
             self._restore_random_state()
         start = time.perf_counter()
+        parameters = self._model_parameters()
         with bar:
             for i, batch in enumerate(batches, start=done):
                 lr = learning_rate(self.state.step, total_steps, cfg)
@@ -351,13 +366,14 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 model.backward(out)
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
                 optimizer.step()
                 model.after_step()
+                terms = {**out.terms, **self._auxiliary_step(out)}
                 self.state.step += 1
                 n = batch.x.shape[0]
                 seen += n
-                for name, value in out.terms.items():
+                for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value * n
                 state.epoch_step = i + 1
                 if bar.disable is False and (i % 10 == 0 or i == steps_per_epoch - 1):
@@ -366,7 +382,7 @@ class Trainer:
                 bar.update(1)
                 if writer is not None and self.state.step % 50 == 0:
                     writer.add_scalar("train_step/loss", out.loss.item(), self.state.step)
-                self._every_steps(epoch, out.terms, optimizer, sums, seen)
+                self._every_steps(epoch, terms, optimizer, sums, seen)
         seconds = time.perf_counter() - start
         state.epoch_step, state.epoch_sums, state.epoch_seen = 0, {}, 0
         means = {name: float(total) / seen for name, total in sums.items()} if seen else {}
@@ -380,6 +396,19 @@ class Trainer:
             "train_seconds": seconds,
             "examples_per_second": seen / max(seconds, 1e-9),
         }
+
+    def _auxiliary_step(self, out: Any) -> dict[str, torch.Tensor]:
+        """One step of each auxiliary part on the model's output of this step (its codes,
+        detached by the part's loss); their terms join the model's."""
+        terms: dict[str, torch.Tensor] = {}
+        for step in self.auxiliary:
+            optimizer = self.auxiliary_optimizers[step.name]
+            aux = step.loss(out)
+            optimizer.zero_grad(set_to_none=True)
+            aux.loss.backward()
+            optimizer.step()
+            terms.update(aux.terms)
+        return terms
 
     def _calibrate(self, epoch: int, train: Any) -> None:
         """Statistics that the model fixes from the epoch's final weights, before they are
@@ -424,6 +453,7 @@ class Trainer:
             optimizer,
             dataclasses.asdict(self.state),
             random_state=self._random_state(),
+            auxiliary=self.auxiliary_optimizers,
         )
         self.checkpointed = (self.state.epoch, self.state.step)
 
