@@ -18,7 +18,7 @@ The orderings (the papers' claims, each judged beyond one sd of both sides):
     QLAE above beta-TCVAE on InfoM and InfoC.
 Also MIG of every model under both code variants and with or without shape, side by side.
 
-    python benchmarks/disentanglement.py --subset 2 --epochs 4 --seeds 0,1,2
+    python benchmarks/disentanglement.py --subset 2 --epochs 3 --seeds 0,1,2
 
 A run per (recipe, seed) is saved as it finishes (benchmarks/results/
 peers-disentanglement-runs.json) and skipped when the script is run again.
@@ -155,7 +155,9 @@ def tables(runs: dict) -> str:
     variants = [(v["codes"], v["factors"]) for v in next(iter(runs.values()))[0]["mig_variants"]]
     lines += [
         "",
-        "| model | " + " | ".join(f"MIG, {c} codes, {f} factors" for c, f in variants) + " |",
+        "| model | "
+        + " | ".join(f"MIG ({c} codes, {'all factors' if f == 'all' else f})" for c, f in variants)
+        + " |",
         "|---|" + "---|" * len(variants),
     ]
     for recipe, rows in runs.items():
@@ -179,7 +181,7 @@ def orderings(runs: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subset", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)

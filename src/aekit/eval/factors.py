@@ -56,9 +56,10 @@ def factor_data(data: TensorData) -> tuple[np.ndarray, tuple[str, ...]]:
 
 @torch.no_grad()
 def sampled_codes(model: Any, data: TensorData, *, seed: int, batch_size: int) -> np.ndarray:
-    """One draw z ~ q(z|x) per example (N, latent_dim), under a fixed seed; the code itself
-    for bottlenecks that draw nothing."""
-    if not model.bottleneck.has_density:
+    """One draw z ~ q(z|x) per example (N, latent_dim), under a fixed seed (a relaxed
+    categorical draws as it does in evaluation); the code itself for bottlenecks that draw
+    nothing (deterministic and quantized codes)."""
+    if not model.bottleneck.has_kl:
         return encode_all(model, data, batch_size).numpy()
     was_training = model.training
     model.eval()
@@ -131,7 +132,7 @@ def evaluate_disentanglement(
         "factors": list(names),
         "factor_sizes": [int(v) for v in factors.max(0) + 1],
         "codes": "mean",
-        "stochastic": bool(model.bottleneck.has_density),
+        "stochastic": bool(model.bottleneck.has_kl),
         **results,
         "mig_variants": variants,
     }
