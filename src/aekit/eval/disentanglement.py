@@ -174,6 +174,29 @@ def _require_varied(labels: np.ndarray, metric: str, sizes: str) -> None:
             )
 
 
+def _held_out(
+    codes: Any,
+    factors: Any,
+    generator: np.random.Generator,
+    metric: str,
+    num_train: int,
+    num_test: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The checked inputs and disjoint training and test rows, drawn without replacement."""
+    _positive(metric, num_train=num_train, num_test=num_test)
+    codes, factors = check_inputs(
+        codes,
+        factors,
+        num_train + num_test,
+        metric,
+        f"num_train={num_train} + num_test={num_test}",
+    )
+    rows = _subsample(len(codes), num_train + num_test, generator)
+    train, test = rows[:num_train], rows[num_train:]
+    _require_varied(factors[train], metric, "num_train")
+    return codes, factors, train, test
+
+
 class FactorIndex:
     """The rows of each value of each factor, built once per metric call so that batches
     "with factor k fixed to a value" are drawn in one vectorised step.
@@ -653,17 +676,7 @@ def dci(
     from sklearn.ensemble import GradientBoostingClassifier
 
     metric = "dci"
-    _positive(metric, num_train=num_train, num_test=num_test)
-    codes, factors = check_inputs(
-        codes,
-        factors,
-        num_train + num_test,
-        metric,
-        f"num_train={num_train} + num_test={num_test}",
-    )
-    rows = _subsample(len(codes), num_train + num_test, generator)
-    train, test = rows[:num_train], rows[num_train:]
-    _require_varied(factors[train], metric, "num_train")
+    codes, factors, train, test = _held_out(codes, factors, generator, metric, num_train, num_test)
     importance = np.zeros((codes.shape[1], factors.shape[1]))
     train_accuracy, test_accuracy = [], []
     for j in range(factors.shape[1]):
@@ -758,17 +771,7 @@ def sap(
     fit on the training rows, for which a perfect code scores about 1.
     """
     metric = "sap"
-    _positive(metric, num_train=num_train, num_test=num_test)
-    codes, factors = check_inputs(
-        codes,
-        factors,
-        num_train + num_test,
-        metric,
-        f"num_train={num_train} + num_test={num_test}",
-    )
-    rows = _subsample(len(codes), num_train + num_test, generator)
-    train, test = rows[:num_train], rows[num_train:]
-    _require_varied(factors[train], metric, "num_train")
+    codes, factors, train, test = _held_out(codes, factors, generator, metric, num_train, num_test)
     converged = True
     if continuous_factors:
         scores = _sap_matrix_continuous(codes[train], factors[train].astype(np.float64))
