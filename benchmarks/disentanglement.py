@@ -21,7 +21,8 @@ Also MIG of every model under both code variants and with or without shape, side
     python benchmarks/disentanglement.py --subset 2 --epochs 3 --seeds 0,1,2
 
 A run per (recipe, seed) is saved as it finishes (benchmarks/results/
-peers-disentanglement-runs.json) and skipped when the script is run again.
+peers-disentanglement-runs.json) and skipped when the script is run again; `--tables-only`
+prints the tables of the runs saved so far.
 """
 
 from __future__ import annotations
@@ -185,6 +186,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="train nothing: the tables and orderings of the runs saved so far",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from aekit.data.dsprites import FactorGrid
@@ -195,8 +201,9 @@ def main() -> None:
     if done.get("settings", key) != key:
         raise SystemExit(f"{RUNS} holds runs of {done['settings']}; move it away first")
     recipes = args.recipes.split(",")
+    seeds = [] if args.tables_only else [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in seeds:
             for recipe in recipes:
                 if any(r["recipe"] == recipe and r["seed"] == seed for r in done["runs"]):
                     continue
