@@ -69,10 +69,14 @@ def test_indices_and_images_round_trip_exactly(kind, stages):
     header = read_header(file.data)
     assert header == file.header
     assert header.slots == expected.shape[2] and header.images == len(x)
-    assert header.codebook_sizes == model.quantizer.codebook_sizes[: expected.shape[2]]
     assert file.bits_per_pixel == len(file.data) * 8 / (len(x) * 8 * 8)
     assert header.bits_per_pixel == file.bits_per_pixel
     assert header.file_bytes == len(file.data)
+    old = compress(model, x, stages=stages, version=1)  # the JSON container, still read
+    assert torch.equal(decompress_indices(old.data, model), expected)
+    sizes = model.quantizer.codebook_sizes[: expected.shape[2]]
+    assert read_header(old.data).codebook_sizes == sizes
+    assert old.data[6:] != file.data[6:] and len(old.data) > len(file.data) + 300
 
 
 def test_payload_length_is_the_ideal_code_length_under_the_prior():
@@ -142,7 +146,7 @@ def coded():
 def test_a_file_from_another_model_is_refused(coded):
     model, data = coded
     other = quantized_model("rvq", seed=7)
-    with pytest.raises(AekitError, match=r"compressed with a rqvae model .*run /some/run"):
+    with pytest.raises(AekitError, match=r"compressed with another model .*run /some/run"):
         decompress(data, other)
     refitted = IndexPrior(model.latent_density.counts + 1, model.quantizer.codebook_sizes)
     with pytest.raises(AekitError, match="another index prior"):
@@ -186,9 +190,9 @@ def test_bad_magic_and_unsupported_versions(coded):
     with pytest.raises(AekitError, match="not an aekit compressed file"):
         read_header(b"")
     newer = bytearray(data[:-4])
-    newer[4:6] = struct.pack("<H", 2)
+    newer[4:6] = struct.pack("<H", 3)
     newer += struct.pack("<I", zlib.crc32(bytes(newer)))
-    with pytest.raises(AekitError, match="unsupported format version 2"):
+    with pytest.raises(AekitError, match="unsupported format version 3"):
         decompress(bytes(newer), model)
     with pytest.raises(AekitError, match="extra bytes"):
         read_header(data + b"\0")

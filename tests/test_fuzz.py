@@ -66,7 +66,7 @@ def coded():
     model.eval()
     train = torch.rand(64, 1, 8, 8)
     model.latent_density = fit_index_prior(model, TensorData(train), batch_size=64)
-    return model, compress(model, torch.rand(5, 1, 8, 8)).data
+    return model, compress(model, torch.rand(5, 1, 8, 8), version=1).data
 
 
 PREFIX = "<4sHIQ"

@@ -22,7 +22,8 @@ COMMANDS = {
     "encode": "export latent codes (posterior means for VAEs)",
     "report": "(re)build RUN/report.html",
     "sae": "sparse autoencoders on a model's activations: capture",
-    "compress": "compress images with a quantizer run: indices range-coded under its index prior",
+    "compress": "compress images: a quantizer's indices under its index prior, or an entropy-coded "
+    "latent (factorized, hyperprior) under its learned densities",
     "bench": "run a benchmark suite (smoke, quick, full or a TOML/YAML file): results.jsonl, "
     "a leaderboard and figures; rerun to resume",
     "detect": "anomaly scores for the rows of a table (.mat, .csv, .npz, .npy): scores.csv",

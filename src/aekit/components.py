@@ -54,6 +54,9 @@ class Dims:
     output_shape: tuple[int, ...] | None = None
     """The shape of the target when the model predicts a paired target (a transcoder reads
     one site and predicts another); None: the model reconstructs its input."""
+    latent_grid: tuple[int, int] | None = None
+    """(h, w) when the body lays the latent out as a grid of vectors, one per position of its
+    last feature map, flattened position-major (the grid body); None: a flat latent."""
 
     @property
     def target_shape(self) -> tuple[int, ...]:

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from aekit.bottlenecks import BOTTLENECKS, KSparse, Quantizer
+from aekit.bottlenecks import BOTTLENECKS, KSparse
 from aekit.components import Dims, options_class
 from aekit.errors import AekitError, one_line
 from aekit.models.autoencoder import Autoencoder
 from aekit.models.config import SLOTS, Component, ModelConfig
-from aekit.nets import NETS, build_networks, grid_positions, resolve_body
+from aekit.nets import NETS, build_networks, grid_positions, latent_grid, resolve_body
 from aekit.nets.dictionary import KSPARSE_ENCODER_INIT_NORM
 from aekit.recipes import (  # noqa: F401  (imported from here before the table moved)
     DEFAULT_KINDS,
@@ -97,13 +97,15 @@ def model_config(
     input_shape = tuple(input_shape)
     bottleneck = components["bottleneck"]
     cls = BOTTLENECKS[bottleneck.kind]
-    if issubclass(cls, Quantizer) and cls.codes_positions:
-        components["body"], latent_dim = quantizer_layout(
+    if cls.codes_positions:
+        components["body"], latent_dim = grid_layout(
             components["body"], input_shape, latent_dim, bottleneck
         )
     latent_dim = resolve_latent_dim(recipe, components, input_shape, latent_dim)
     resolve_encoder_init(components)
-    dims = Dims(input_shape, latent_dim, None if output_shape is None else tuple(output_shape))
+    grid = latent_grid(components["body"].kind, components["body"].options, input_shape)
+    paired = None if output_shape is None else tuple(output_shape)
+    dims = Dims(input_shape, latent_dim, paired, grid if len(input_shape) == 3 else None)
     for component in components.values():
         resolve = getattr(component.options, "resolved", None)
         if resolve is not None:
@@ -160,14 +162,15 @@ FLAT_POSITIONS = 4
 """Code vectors per example of a quantizer on flat data, unless latent_dim says otherwise."""
 
 
-def quantizer_layout(
+def grid_layout(
     body: Component,
     input_shape: tuple[int, ...],
     latent_dim: int | None,
     bottleneck: Component,
 ) -> tuple[Component, int]:
-    """Quantizers code a grid of vectors on images (one per position of the last feature map,
-    as in VQ-VAE) and FLAT_POSITIONS vectors otherwise; latent_dim follows from that."""
+    """Bottlenecks that code position by position (quantizers, entropy-coded latents) take a
+    grid of vectors on images (one per position of the last feature map, as in VQ-VAE and the
+    learned image codecs) and FLAT_POSITIONS vectors otherwise; latent_dim follows from that."""
     width = bottleneck.options.vector_width
     if body.kind == "auto" and len(input_shape) == 3:
         body = Component("grid", body.options)

@@ -71,6 +71,10 @@ class BottleneckOutput:
     """Sparse bottlenecks in training: which latents have not fired for the dead window, (n,)."""
     features: Preactivations | None = None
     """Sparse bottlenecks: the encoder's pre-activations (AuxK codes the dead latents from them)."""
+    bits: torch.Tensor | None = None
+    """Entropy-coded bottlenecks: the code length of each example, (B,), in bits under the
+    learned density: in training -log2 of the likelihood of the noisy latents, in evaluation
+    the ideal code length under the tables a compressed file is coded with."""
 
     def dense_z(self) -> torch.Tensor:
         """z, built from the sparse code when only that was given."""
@@ -120,6 +124,13 @@ class Bottleneck(nn.Module, ABC):
     (a relaxed categorical's KL: its relaxed draws have no usable density)."""
     is_sparse = False
     """Whether the code is sparse (the sparse-coding objective and metrics apply)."""
+    codes_positions = False
+    """Whether the latent is a grid of code vectors, one per position of the last feature map
+    on images (the layout of VQ-VAE and of learned image codecs): the recipe's body becomes
+    `grid` and latent_dim follows from the options' `vector_width`."""
+    has_rate = False
+    """Whether the code is entropy-coded under a learned density and its length in bits is
+    reported (`BottleneckOutput.bits`): the rate of a rate-distortion objective."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         super().__init__()

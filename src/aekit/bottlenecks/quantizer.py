@@ -102,9 +102,7 @@ class Quantizer(Bottleneck):
 
     truncatable = False
     """Whether a prefix of the slots is itself a valid, coarser code (residual VQ)."""
-    codes_positions = True
-    """Whether the latent is a grid of code vectors, one per position of the last feature map
-    on images (VQ-VAE's layout); False: one flat latent, quantized as a whole (QLAE)."""
+    codes_positions = True  # VQ-VAE's layout; QLAE's quantizes one flat latent as a whole
 
     def __init__(self, options, dims: Dims) -> None:
         super().__init__(options, dims)

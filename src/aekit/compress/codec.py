@@ -1,11 +1,17 @@
-"""Compressed image files: a quantized autoencoder's code indices, range-coded under its prior.
+"""Compressed image files: a model's integer code, range-coded under its own probabilities.
 
-An image is encoded to indices (positions, slots); each index is range-coded (constriction's
-`queue.RangeEncoder`, 32-bit words, 24-bit probabilities) under the categorical of its
-(position, slot) in the run's `IndexPrior`. The file costs about -log2 p(indices) bits plus a
-header, so its size is the honest rate of the model as a codec.
+Two kinds of model compress. A quantizer encodes an image to indices (positions, slots), each
+range-coded (constriction's `queue.RangeEncoder`, 32-bit words, 24-bit probabilities) under
+the categorical of its (position, slot) in the run's `IndexPrior`. An entropy-coded bottleneck
+(factorized, hyperprior) rounds its latents to integers and codes them, stage by stage, under
+the tables of its learned densities (`compress.symbols`). Either way the file costs about
+-log2 p(symbols) bits plus a header, so its size is the honest rate of the model as a codec.
 
-Layout (all integers little-endian):
+Files are written in the compact container (format version 2, `compress.container`, about 35
+bytes of header). Version 1, below, is still read, and written on request (`version=1`) for
+quantizer models.
+
+Layout of version 1 (all integers little-endian):
 
     offset  size  field
     0       4     magic b"AEKC"
@@ -36,6 +42,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from aekit.compress import container, symbols
+from aekit.compress.container import CompactHeader
 from aekit.compress.index_prior import IndexPrior
 from aekit.errors import AekitError, one_line
 from aekit.io import atomic_write_bytes, tensors_sha256
@@ -46,14 +54,19 @@ if TYPE_CHECKING:
 
 MAGIC = b"AEKC"
 VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<4sHIQ")  # magic, version, header length, payload length
 _CRC = struct.Struct("<I")
-CODER = "constriction-range-u32-categorical-fast"
+CODER = symbols.CODER
 """Names the entropy coder and its model approximation (perfect=False), which decoding must
 match exactly."""
 BATCH = 256
 """Images encoded or decoded per forward pass."""
+MIN_SYMBOL_BITS = 1e-7
+"""A lower bound on the code length of any symbol of an entropy-coded latent: every table
+has at least 3 entries and constriction gives each at least 2^-24, so the likeliest costs at
+least -log2(1 - 2 * 2^-24) > 1.7e-7 bits. A header claiming more images than its payload can
+hold at that rate is refused before anything is allocated."""
 
 
 @dataclass(frozen=True)
@@ -291,14 +304,20 @@ def compress(
     run_dir: str | Path | None = None,
     stages: int | None = None,
     prior: IndexPrior | None = None,
+    version: int = container.VERSION,
 ) -> CompressedFile:
     """Compress images (N, C, H, W) in [0, 1] with a quantized model: encode them to indices
     and range-code those under `prior` (default: the model's fitted index prior).
     `run_dir` is recorded as a hint for finding the model again; `stages` keeps a prefix of
-    residual VQ's stages (a lower rate)."""
+    residual VQ's stages (a lower rate). Models with an entropy-coded bottleneck code their
+    rounded latents instead (`compress_latents`)."""
+    if model.bottleneck.has_rate:
+        if stages is not None or prior is not None:
+            raise AekitError("--stages and an index prior apply to quantizer models only")
+        return compress_latents(model, images, run_dir=run_dir)
     prior = model_prior(model, prior)
     indices = encode_images(model, images, stages)
-    return compress_indices(model, indices, run_dir=run_dir, prior=prior)
+    return compress_indices(model, indices, run_dir=run_dir, prior=prior, version=version)
 
 
 def compress_indices(
@@ -307,8 +326,10 @@ def compress_indices(
     *,
     run_dir: str | Path | None = None,
     prior: IndexPrior | None = None,
+    version: int = container.VERSION,
 ) -> CompressedFile:
-    """Write a compressed file for indices (N, positions, slots') of `model`'s images."""
+    """Write a compressed file for indices (N, positions, slots') of `model`'s images, in
+    container `version` 2 (compact) or 1 (JSON header)."""
     prior = model_prior(model, prior)
     idx = model.quantizer.check_indices(indices).cpu()
     idx = prior.check_indices(idx)
@@ -316,6 +337,21 @@ def compress_indices(
         raise AekitError("no images to compress")
     slots = idx.shape[2]
     payload = encode_payload(idx, prior)
+    ideal = float(-prior.log2_prob(idx).sum())
+    if version == container.VERSION:
+        compact = CompactHeader(
+            "indices",
+            model_sha256(model)[: 2 * container.MODEL_ID_BYTES],
+            prior.identity[: 2 * container.TABLES_ID_BYTES],
+            _indices_crc32(idx),
+            int(idx.shape[0]),
+            tuple(int(d) for d in model.input_shape),  # type: ignore[arg-type]
+            slots,
+            None if run_dir is None else str(run_dir),
+        )
+        return _compact_file(compact, payload, ideal)
+    if version != VERSION:
+        raise AekitError(f"aekit writes format versions 1 and 2 (got {version})")
     header = Header(
         version=VERSION,
         recipe=model.config.recipe,
@@ -335,23 +371,33 @@ def compress_indices(
     body = _PREFIX.pack(MAGIC, VERSION, len(text), len(payload)) + text + payload
     data = body + _CRC.pack(zlib.crc32(body))
     header = Header(**{**asdict(header), "header_bytes": len(text), "payload_bytes": len(payload)})
-    ideal = float(-prior.log2_prob(idx).sum())
     return CompressedFile(data, header, ideal)
 
 
-def _split(data: bytes) -> tuple[Header, bytes]:
+def _compact_file(header: CompactHeader, payload: bytes, ideal_bits: float) -> CompressedFile:
+    data = container.pack(header, payload)
+    sizes = {"header_bytes": len(data) - len(payload), "payload_bytes": len(payload)}
+    return CompressedFile(data, CompactHeader(**{**asdict(header), **sizes}), ideal_bits)
+
+
+def _split(data: bytes) -> tuple[Header | CompactHeader, bytes]:
     """Check the framing and CRC of a file; its header and payload."""
     data = bytes(data)
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise AekitError("not an aekit compressed file (bad magic number)")
-    if len(data) < _PREFIX.size + _CRC.size:
+    if len(data) < 6:
         raise AekitError(f"the file is truncated ({len(data)} bytes)")
-    _, version, header_len, payload_len = _PREFIX.unpack_from(data)
+    (version,) = struct.unpack_from("<H", data, 4)
     if version not in SUPPORTED_VERSIONS:
         raise AekitError(
             f"unsupported format version {version} (this aekit {__version__} reads "
             f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
+    if version == container.VERSION:
+        return container.unpack(data)
+    if len(data) < _PREFIX.size + _CRC.size:
+        raise AekitError(f"the file is truncated ({len(data)} bytes)")
+    _, version, header_len, payload_len = _PREFIX.unpack_from(data)
     expected = _PREFIX.size + header_len + payload_len + _CRC.size
     if len(data) < expected:
         raise AekitError(f"the file is truncated ({len(data)} of {expected} bytes)")
@@ -393,14 +439,15 @@ def _split(data: bytes) -> tuple[Header, bytes]:
     return header, data[_PREFIX.size + header_len : expected - _CRC.size]
 
 
-def read_header(data: bytes) -> Header:
+def read_header(data: bytes) -> Header | CompactHeader:
     """The header of a compressed file, after checking its magic, version, length and CRC."""
     return _split(data)[0]
 
 
 def _describe(recipe: str, sha: str, run_dir: str | None = None) -> str:
     where = f", run {run_dir}" if run_dir else ""
-    return f"a {recipe} model (weights sha256 {sha[:12]}…{where})"
+    what = f"a {recipe} model" if recipe else "another model"
+    return f"{what} (weights sha256 {sha[:12]}…{where})"
 
 
 def decompress_indices(
@@ -409,36 +456,56 @@ def decompress_indices(
     """The indices (N, positions, slots') stored in a compressed file, decoded with `model`
     and its prior, which must be the ones the file was written with."""
     header, payload = _split(data)
-    own_sha = model_sha256(model)
-    if header.model_sha256 != own_sha:
-        theirs = _describe(header.recipe, header.model_sha256, header.run_dir)
-        raise AekitError(
-            f"the file was compressed with {theirs}; this is "
-            f"{_describe(model.config.recipe, own_sha)}"
-        )
+    check_model(header, model)
+    if isinstance(header, CompactHeader) and header.kind != "indices":
+        raise AekitError("the file holds entropy-coded latents, not quantizer indices")
     prior = model_prior(model, prior)
-    if header.prior_sha256 != prior.identity:
+    theirs = header.tables_id if isinstance(header, CompactHeader) else header.prior_sha256
+    if not prior.identity.startswith(theirs):
         raise AekitError(
-            f"the file was coded under another index prior (sha256 {header.prior_sha256[:12]}…) "
+            f"the file was coded under another index prior (sha256 {theirs[:12]}…) "
             f"than this model's (sha256 {prior.identity[:12]}…)"
         )
-    if header.coder != CODER:
-        raise AekitError(f"the file uses entropy coder {header.coder!r}; this aekit has {CODER!r}")
-    expected = (tuple(model.input_shape), prior.positions, prior.codebook_sizes[: header.slots])
-    if header.slots > prior.slots or (
-        (header.image_shape, header.positions, header.codebook_sizes) != expected
-    ):
-        raise AekitError("the file's header does not match its model (shape or codebooks)")
+    if isinstance(header, CompactHeader):
+        if header.slots > prior.slots or header.image_shape != tuple(model.input_shape):
+            raise AekitError("the file's header does not match its model (shape or slots)")
+    else:
+        if header.coder != CODER:
+            raise AekitError(
+                f"the file uses entropy coder {header.coder!r}; this aekit has {CODER!r}"
+            )
+        expected = (tuple(model.input_shape), prior.positions, prior.codebook_sizes[: header.slots])
+        if header.slots > prior.slots or (
+            (header.image_shape, header.positions, header.codebook_sizes) != expected
+        ):
+            raise AekitError("the file's header does not match its model (shape or codebooks)")
     indices = decode_payload(payload, prior, header.images, header.slots)
-    if _indices_crc32(indices) != header.indices_crc32:
+    crc = header.symbols_crc32 if isinstance(header, CompactHeader) else header.indices_crc32
+    if _indices_crc32(indices) != crc:
         raise AekitError("the decoded indices fail their checksum (corrupted or another coder)")
     return indices
 
 
+def check_model(header: Header | CompactHeader, model: Autoencoder) -> None:
+    """The file names this model's weights (its SHA-256, or a prefix of it), or an error
+    naming both."""
+    own_sha = model_sha256(model)
+    if not own_sha.startswith(header.model_sha256):
+        theirs = _describe(getattr(header, "recipe", ""), header.model_sha256, header.run_dir)
+        raise AekitError(
+            f"the file was compressed with {theirs}; this is "
+            f"{_describe(model.config.recipe, own_sha)}"
+        )
+
+
 @torch.no_grad()
 def decompress(data: bytes, model: Autoencoder, *, prior: IndexPrior | None = None) -> torch.Tensor:
-    """The images (N, C, H, W) of a compressed file: its indices decoded by `model` to
-    E[x|z], float32 on the CPU."""
+    """The images (N, C, H, W) of a compressed file: its code decoded by `model` to E[x|z],
+    float32 on the CPU."""
+    if model.bottleneck.has_rate:
+        if prior is not None:
+            raise AekitError("an index prior applies to quantizer models only")
+        return _decode_batches(model, decompress_latents(data, model))
     indices = decompress_indices(data, model, prior=prior)
     was_training = model.training
     model.eval()
@@ -446,6 +513,149 @@ def decompress(data: bytes, model: Autoencoder, *, prior: IndexPrior | None = No
         chunks = [
             model.decode_indices(indices[i : i + BATCH]).cpu()
             for i in range(0, len(indices), BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+# ------------------------------------------------------------------ entropy-coded latents
+def entropy_model(model: Autoencoder):
+    if not model.bottleneck.has_rate:
+        raise AekitError(f"a {model.config.bottleneck.kind!r} bottleneck has no entropy model")
+    return model.bottleneck
+
+
+@torch.no_grad()
+def encode_latents(model: Autoencoder, images: torch.Tensor) -> list[torch.Tensor]:
+    """The integer symbols (N, n_s) of each coding stage of images, in eval mode."""
+    if model.conditional:
+        raise AekitError("compression of label-conditioned models is not supported")
+    x = check_images(model, images)
+    bottleneck = entropy_model(model)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            bottleneck.symbols(model.features(x[i : i + BATCH].to(model.device), None))
+            for i in range(0, len(x), BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
+
+
+def _stage(bottleneck, s: int, previous: list[torch.Tensor], n: int):
+    """Stage s's tables for n examples (in batches: a hyper-synthesis of all at once could
+    be large) and its bank."""
+    tables, bank = [], None
+    for i in range(0, n, BATCH):
+        stage = bottleneck.stage(s, [p[i : i + BATCH] for p in previous], min(BATCH, n - i))
+        tables.append(stage.tables)
+        bank = stage.bank
+    return torch.cat(tables), bank
+
+
+def _latent_crc32(codes: list[torch.Tensor]) -> int:
+    crc = 0
+    for stage in codes:
+        crc = zlib.crc32(stage.numpy().astype("<i8").tobytes(), crc)
+    return crc
+
+
+def compress_latents(
+    model: Autoencoder, images: torch.Tensor, *, run_dir: str | Path | None = None
+) -> CompressedFile:
+    """Compress images with an entropy-coded bottleneck: each stage's symbols range-coded
+    under the tables the decoder will rebuild from the weights and the earlier stages."""
+    bottleneck = entropy_model(model)
+    codes = encode_latents(model, images)
+    n = len(codes[0])
+    encoder = symbols.new_encoder()
+    ideal = 0.0
+    for s, stage_symbols in enumerate(codes):
+        tables, bank = _stage(bottleneck, s, codes[:s], n)
+        symbols.encode_stage(encoder, stage_symbols, tables, bank)
+        ideal += float(bank.bits(stage_symbols, tables).sum())
+    header = CompactHeader(
+        "latents",
+        model_sha256(model)[: 2 * container.MODEL_ID_BYTES],
+        bottleneck.identity()[: 2 * container.TABLES_ID_BYTES],
+        _latent_crc32(codes),
+        n,
+        tuple(int(d) for d in model.input_shape),  # type: ignore[arg-type]
+        bottleneck.stages,
+        None if run_dir is None else str(run_dir),
+    )
+    return _compact_file(header, symbols.finish(encoder), ideal)
+
+
+def decompress_latents(data: bytes, model: Autoencoder) -> torch.Tensor:
+    """The latents (N, latent_dim) the decoder sees, decoded from a compressed file."""
+    header, payload = _split(data)
+    check_model(header, model)
+    bottleneck = entropy_model(model)
+    if not isinstance(header, CompactHeader) or header.kind != "latents":
+        raise AekitError("the file holds quantizer indices, not entropy-coded latents")
+    if not bottleneck.identity().startswith(header.tables_id):
+        raise AekitError(
+            "the probability tables rebuilt from these weights differ from the ones the file "
+            f"was coded with (sha256 {header.tables_id}…): another machine's floating point?"
+        )
+    if header.image_shape != tuple(model.input_shape) or header.slots != bottleneck.stages:
+        raise AekitError("the file's header does not match its model (shape or stages)")
+    most = int(2 * (8 * len(payload) + 64) / (MIN_SYMBOL_BITS * model.latent_dim)) + 1
+    if header.images > most:
+        raise AekitError(
+            f"the header claims {header.images:,} images; {len(payload):,} bytes of payload "
+            f"hold at most {most:,} (corrupted or forged)"
+        )
+    decoder = symbols.new_decoder(payload)
+    codes: list[torch.Tensor] = []
+    try:
+        for s in range(bottleneck.stages):
+            tables, bank = _stage(bottleneck, s, codes, header.images)
+            codes.append(symbols.decode_stage(decoder, tables, bank))
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise AekitError(f"the payload cannot be decoded (corrupted): {one_line(e, 200)}") from None
+    if not decoder.maybe_exhausted():
+        raise AekitError("the payload has data left after the last symbol (corrupted)")
+    if _latent_crc32(codes) != header.symbols_crc32:
+        raise AekitError("the decoded symbols fail their checksum (corrupted or another coder)")
+    return torch.cat(
+        [
+            bottleneck.dequantise([c[i : i + BATCH] for c in codes]).cpu()
+            for i in range(0, header.images, BATCH)
+        ]
+    )
+
+
+@torch.no_grad()
+def _decode_batches(model: Autoencoder, latents: torch.Tensor) -> torch.Tensor:
+    """E[x|z] of latents (N, latent_dim), in batches of BATCH, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.decode(latents[i : i + BATCH].to(model.device)).cpu()
+            for i in range(0, len(latents), BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def reconstruct(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """What decompressing a file of these images gives, computed without the file: the
+    model's own reconstruction through its rounded latents (eval mode, batches of BATCH)."""
+    x = check_images(model, images)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.reconstruct(x[i : i + BATCH].to(model.device)).cpu()
+            for i in range(0, len(x), BATCH)
         ]
     finally:
         model.train(was_training)

@@ -21,7 +21,7 @@ from aekit.corruption import CORRUPTIONS
 from aekit.data.tensor_data import MAX_LABEL_CLASSES
 from aekit.errors import AekitError
 from aekit.likelihoods import LIKELIHOODS
-from aekit.nets import NETS
+from aekit.nets import NETS, latent_grid
 from aekit.objectives import OBJECTIVES
 
 SLOTS: dict[str, Registry] = {
@@ -108,7 +108,10 @@ class ModelConfig:
 
     @property
     def dims(self) -> Dims:
-        return Dims(self.input_shape, self.latent_dim, self.output_shape)
+        grid = None
+        if len(self.input_shape) == 3 and self.body.kind != "custom":
+            grid = latent_grid(self.body.kind, self.body.options, self.input_shape)
+        return Dims(self.input_shape, self.latent_dim, self.output_shape, grid)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -15,7 +15,15 @@ from aekit.nets.conv import grid_positions
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["NETS", "Body", "LayerOptions", "build_networks", "grid_positions", "resolve_body"]
+__all__ = [
+    "NETS", "Body", "LayerOptions", "build_networks", "grid_positions", "latent_grid",
+    "resolve_body",
+]  # fmt: skip
+
+
+def latent_grid(kind: str, options, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(h, w) of the latent grid of body `kind` on this data, or None for a flat latent."""
+    return NETS[kind].latent_grid(options, input_shape)
 
 
 def resolve_body(kind: str, options, input_shape: tuple[int, ...]) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from aekit.components import Dims, NoOptions, Registry
 from aekit.errors import AekitError
 
-ACTIVATIONS = ("relu", "silu", "gelu", "elu", "leaky_relu", "tanh")
+ACTIVATIONS = ("relu", "silu", "gelu", "elu", "leaky_relu", "tanh", "gdn")
 
 MAX_LAYER_PARAMETERS = 2**31
 """The most parameters one layer may hold. Past 2**31 elements a tensor's offsets overflow the
@@ -71,6 +71,12 @@ class Body(ABC):
         return None
 
     @classmethod
+    def latent_grid(cls, options, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """(h, w) when the latent is a grid of vectors, one per position of a feature map
+        (flattened position-major); None: a flat latent."""
+        return None
+
+    @classmethod
     def default_latent_dim(cls, options, input_shape: tuple[int, ...]) -> int | None:
         """The latent width when the user gives none (None: the model's default)."""
         return None
@@ -101,7 +107,8 @@ class LayerOptions:
     upsample: str = "transpose"
     """Conv decoder: `transpose` (stride-2 transposed convs) or `nearest` (upsample + conv)."""
     activation: str = "relu"
-    """Non-linearity: relu, silu, gelu, elu, leaky_relu, tanh."""
+    """Non-linearity: relu, silu, gelu, elu, leaky_relu, tanh, or gdn (the grid body's stages:
+    GDN in the encoder, IGDN in the decoder, as in learned image codecs)."""
 
     def __post_init__(self) -> None:
         if self.hidden is not None:

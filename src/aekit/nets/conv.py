@@ -17,7 +17,14 @@ from torch import nn
 
 from aekit.errors import AekitError
 from aekit.nets.base import NETS, Body, LayerOptions, check_layer
+from aekit.nets.gdn import GDN
 from aekit.nets.mlp import activation, mlp
+
+
+def stage_activation(act: str, channels: int, decoder: bool = False) -> nn.Module:
+    """The nonlinearity after a conv stage: `act`, or with `gdn` GDN in the encoder and IGDN
+    in the decoder (Ballé et al. 2018's transforms)."""
+    return GDN(channels, inverse=decoder) if act == "gdn" else activation(act)
 
 
 def stage_sizes(size: tuple[int, int], stages: int) -> list[tuple[int, int]]:
@@ -33,7 +40,8 @@ def down_stages(c_in: int, channels: tuple[int, ...], act: str) -> nn.Sequential
     layers: list[nn.Module] = []
     for i, c_out in enumerate(channels):
         check_layer(c_in, c_out, f"conv stage {i + 1} of the encoder", per_weight=16)
-        layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), activation(act)]
+        conv = nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
+        layers += [conv, stage_activation(act, c_out)]
         c_in = c_out
     return nn.Sequential(*layers)
 
@@ -59,7 +67,7 @@ def up_stages(
         else:
             layers += [nn.Upsample(size=target, mode="nearest"), nn.Conv2d(c_a, c_b, 3, 1, 1)]
         if i < len(targets) - 1:
-            layers.append(activation(act))
+            layers.append(stage_activation(act, c_b, decoder=True))
     return nn.Sequential(*layers)
 
 
@@ -154,7 +162,10 @@ class GridDecoder(nn.Module):
         c_out, h, w = output_shape
         sizes = stage_sizes((h, w), len(channels))
         self.grid = (*sizes[-1], width)
-        self.expand = nn.Sequential(nn.Conv2d(width, channels[-1], 3, 1, 1), activation(act))
+        self.expand = nn.Sequential(
+            nn.Conv2d(width, channels[-1], 3, 1, 1),
+            stage_activation(act, channels[-1], decoder=True),
+        )
         self.ups = up_stages(channels, sizes, c_out, act, upsample)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -212,6 +223,10 @@ class Grid(ImageBody):
     layout quantizers code position by position)."""
 
     @classmethod
+    def latent_grid(cls, options, input_shape):
+        return stage_sizes((input_shape[1], input_shape[2]), len(options.channels))[-1]
+
+    @classmethod
     def build(cls, options, dims, in_features, condition_dim):
         cls.check(options, dims.input_shape)
         positions = grid_positions(dims.input_shape, len(options.channels))
@@ -244,6 +259,10 @@ class Auto(Body):
         # Below 16x16 two stride-2 stages leave a few pixels: an MLP is as good and twice as fast.
         is_image = len(input_shape) == 3 and min(input_shape[1:]) >= 16
         return "conv" if is_image else "mlp"
+
+    @classmethod
+    def latent_grid(cls, options, input_shape):
+        return NETS[cls.resolve(options, input_shape)].latent_grid(options, input_shape)
 
     @classmethod
     def build(cls, options, dims, in_features, condition_dim):

@@ -8,10 +8,16 @@ import math
 import torch
 from torch import nn
 
+from aekit.errors import AekitError
 from aekit.nets.base import NETS, Body, LayerOptions, check_layer
 
 
 def activation(name: str) -> nn.Module:
+    if name == "gdn":
+        raise AekitError(
+            "gdn normalises the channels of feature maps: it applies to the grid body's conv "
+            "stages, not to dense layers (use --body grid, or another --activation)"
+        )
     return {
         "relu": nn.ReLU,
         "silu": nn.SiLU,

@@ -27,6 +27,8 @@ def fit_sampling_density(
         # A mixture over sparse codes would be meaningless (and huge); a decoder of patch
         # tokens decodes no pooled code drawn from a density.
         return
+    if model.bottleneck.has_rate:
+        return  # it compresses under its own learned density
     train = splits.train
     if train.binarize:
         train = TensorData.binarized_once(train, seed=splits.spec.split_seed + 4)

@@ -186,7 +186,9 @@ class Trainer:
             raise AekitError(f"{self.run_dir} has no checkpoint to resume ({ckpt.LAST} is missing)")
         from aekit.compress.versions import keep_version
 
-        keep_version(self.run_dir)  # the weights and prior that compressed files name
+        # The weights (and prior) that compressed files name.
+        coded = getattr(getattr(self.model, "bottleneck", None), "has_rate", False)
+        keep_version(self.run_dir, entropy_coded=coded)
         saved, self.random_state = ckpt.load_checkpoint(
             path, self.model, optimizer, self.auxiliary_optimizers
         )
