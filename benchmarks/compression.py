@@ -26,6 +26,7 @@ scales a 28x28 image holds (`aekit.compress.quality.ms_ssim`). BD-rate (piecewis
 `bd_rate`) of each curve against JPEG-mosaic over 18-28 dB of per-image PSNR.
 
     python benchmarks/compression.py --data-root ../shared/data --epochs 6
+    python benchmarks/compression.py --tables-only      # the tables and figure again
 
 Resumable: trained runs and measured rows in --runs are reused. Writes
 benchmarks/results/compression.json and compression.png and prints the Markdown tables.
@@ -46,7 +47,7 @@ import aekit
 from aekit.data import DataConfig, load_data
 from aekit.train import TrainConfig, Trainer
 
-LAMBDAS = (0.00025, 0.0006, 0.0015, 0.004, 0.01, 0.025)
+LAMBDAS = (0.00025, 0.0015, 0.01)
 DISCRETE: dict[str, tuple[str, dict]] = {
     "VQ K=1024": ("vqvae", {"codebook_size": 1024, "channels": (32, 64)}),
     "FSQ 8,5,5,5": ("fsq", {"levels": (8, 5, 5, 5), "channels": (32, 64)}),
@@ -91,6 +92,14 @@ def train(name: str, recipe: str, options: dict, splits, args) -> None:
     print(json.dumps({"trained": name, **record}), flush=True)
 
 
+def family(name: str, recipe: str) -> str:
+    """The curve a model belongs to: one per codec recipe, residual VQ's stage prefixes one
+    curve, any other discrete code its own point."""
+    return {"factorized-ae": "factorized", "hyperprior-ae": "hyperprior"}.get(
+        recipe, "RVQ 1..4 stages" if recipe == "rqvae" else name
+    )
+
+
 def distortion(decoded: np.ndarray, x: np.ndarray) -> dict:
     from aekit.compress.quality import ms_ssim
 
@@ -114,6 +123,10 @@ def measure(name: str, recipe: str, splits, args, stages: int | None = None) -> 
     if cache.is_file():
         return json.loads(cache.read_text())
     model = aekit.load(out).eval()
+    if not model.bottleneck.has_rate and model.latent_density is None:
+        from aekit.compress import fit_index_prior  # what `aekit train` fits at the end
+
+        model.latent_density = fit_index_prior(model, splits.train)
     x = splits.test.x
     start = time.perf_counter()
     file = compress(model, x, stages=stages)
@@ -127,7 +140,7 @@ def measure(name: str, recipe: str, splits, args, stages: int | None = None) -> 
     row = {
         "model": name,
         "recipe": recipe,
-        "family": name.split(" ")[0] if stages is None else "RVQ stages",
+        "family": family(name, recipe),
         "bpp": 8 * path.stat().st_size / (len(x) * 28 * 28),
         "estimated_bpp": file.ideal_bits_per_pixel,
         "file_bytes": path.stat().st_size,
@@ -198,13 +211,23 @@ def bd_rates(rows: list[dict], baselines: list[dict]) -> list[dict]:
         rate_b, psnr_b = curve(members)
         for anchor, points in anchors.items():
             rate_a, psnr_a = curve(points)
-            lo, hi = max(BD_RANGE[0], min(psnr_b)), min(BD_RANGE[1], max(psnr_b))
+            lo = max(BD_RANGE[0], min(psnr_a), min(psnr_b))
+            hi = min(BD_RANGE[1], max(psnr_a), max(psnr_b))
             try:
                 value = bd_rate(rate_a, psnr_a, rate_b, psnr_b, lo=BD_RANGE[0], hi=BD_RANGE[1])
             except AekitError as e:
                 value, lo, hi = None, None, str(e)
             out.append({"curve": family, "anchor": anchor, "bd_rate": value, "over": [lo, hi]})
     return out
+
+
+def matched_bpp(points: list[dict], psnr: float) -> float | None:
+    """The anchor's bpp at this PSNR, interpolated linearly in log(bpp) between the two
+    qualities that bracket it (None outside its curve)."""
+    rates, psnrs = curve(points)
+    if not psnrs[0] <= psnr <= psnrs[-1]:
+        return None
+    return float(np.exp(np.interp(psnr, psnrs, np.log(rates))))
 
 
 def figure(rows: list[dict], baselines: list[dict], path: Path) -> None:
@@ -251,11 +274,19 @@ def figure(rows: list[dict], baselines: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def tables(rows: list[dict], baselines: list[dict], bd: list[dict]) -> str:
+    mosaic = {
+        c: [r for r in baselines if r["codec"] == c and r["layout"] == "mosaic"]
+        for c in ("jpeg", "webp")
+    }
     lines = [
         "| model | bpp (file) | estimated bpp | PSNR (dB) | pooled PSNR | MS-SSIM | "
-        "one-image file (bytes, header) |",
-        "|---|---|---|---|---|---|---|",
+        "JPEG mosaic bpp at that PSNR | WebP mosaic bpp | one-image file (bytes, header) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["family"], r["bpp"])):
         single = (
@@ -267,7 +298,9 @@ def tables(rows: list[dict], baselines: list[dict], bd: list[dict]) -> str:
         lines.append(
             f"| {name} "
             f"| {r['bpp']:.3f} | {r['estimated_bpp']:.3f} | {r['psnr']:.2f} "
-            f"| {r['psnr_pooled']:.2f} | {r['ms_ssim']:.4f} | {single} |"
+            f"| {r['psnr_pooled']:.2f} | {r['ms_ssim']:.4f} "
+            f"| {fmt(matched_bpp(mosaic['jpeg'], r['psnr']))} "
+            f"| {fmt(matched_bpp(mosaic['webp'], r['psnr']))} | {single} |"
         )
     lines += ["", "| codec | layout | quality | bpp | PSNR (dB) | pooled PSNR | MS-SSIM |"]
     lines.append("|---|---|---|---|---|---|---|")
@@ -300,7 +333,21 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="train and measure only these model names")
     parser.add_argument("--runs", default="benchmarks/runs/compression")
     parser.add_argument("--out", default="benchmarks/results/compression.json")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="print the tables of the saved results"
+    )
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.tables_only:
+        saved = json.loads(out.read_text())
+        for r in saved["rows"]:
+            r["family"] = family(r["model"], r["recipe"])
+        bd = bd_rates(saved["rows"], saved["baselines"])
+        saved["bd_rate"] = bd
+        out.write_text(json.dumps(saved, indent=1))
+        figure(saved["rows"], saved["baselines"], out.with_suffix(".png"))
+        print(tables(saved["rows"], saved["baselines"], bd))
+        return
     spec = DataConfig(
         source="fashion-mnist", data_dir=str(Path(args.data_root) / "fashion-mnist"),
         val_fraction=0.0,
@@ -318,7 +365,6 @@ def main() -> None:
             ]
     baselines = classical(splits.test.x)
     bd = bd_rates(rows, baselines)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": f"python benchmarks/compression.py --data-root {args.data_root} "

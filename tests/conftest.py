@@ -15,9 +15,10 @@ TINY_NET = {"channels": (4, 8), "hidden": (16,)}
 def recipe_setup(name: str, shape: tuple[int, ...], latent: int) -> dict:
     """Options that build recipe `name` small on data of `shape` (about `latent` latents): the
     layered bodies get TINY_NET (a vit one block of width 8); quantizers on images derive
-    their width from the grid; categorical latents are variables x categories; dictionaries
-    get their latent count and a transcoder a paired target of 5 values."""
-    from aekit.bottlenecks import BOTTLENECKS, Quantizer
+    their width from the grid, entropy-coded latents get `latent` channels a position;
+    categorical latents are variables x categories; dictionaries get their latent count and a
+    transcoder a paired target of 5 values."""
+    from aekit.bottlenecks import BOTTLENECKS
     from aekit.registry import DEFAULT_KINDS, RECIPES
 
     recipe = RECIPES[name]
@@ -32,7 +33,11 @@ def recipe_setup(name: str, shape: tuple[int, ...], latent: int) -> dict:
         options.update(variables=2, categories=3)
     elif bottleneck == "joint":
         options.update(continuous_dim=2, variables=1, categories=3)
-    elif not issubclass(BOTTLENECKS[bottleneck], Quantizer) or bottleneck == "lq":
+    elif BOTTLENECKS[bottleneck].has_rate:  # entropy-coded: channels a grid position
+        options["latent_channels"] = latent
+        if bottleneck == "hyperprior":
+            options["hyper_channels"] = 3
+    elif not BOTTLENECKS[bottleneck].codes_positions:
         options["latent_dim"] = latent
     if bottleneck in ("topk", "batchtopk", "abstopk"):
         options["k"] = 2

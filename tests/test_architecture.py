@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
 LEAF = (
     "aekit.bottlenecks", "aekit.errors", "aekit.components", "aekit.priors", "aekit.sparse",
-    "aekit.patches",
+    "aekit.patches", "aekit.lower_bound",
 )  # fmt: skip
 RULES = {
     "aekit.bottlenecks": (

@@ -33,7 +33,8 @@ from aekit.compress import compress, decompress, read_header
 from aekit.compress import symbols as coding
 from aekit.compress.codec import decompress_latents, encode_latents, reconstruct
 from aekit.errors import AekitError
-from aekit.nets.gdn import GDN, lower_bound
+from aekit.lower_bound import lower_bound
+from aekit.nets.gdn import GDN
 
 SHAPE = (1, 16, 16)
 SMALL = {"channels": (8, 8), "latent_channels": 6}

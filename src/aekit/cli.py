@@ -1160,7 +1160,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     h = result.header
     under = "its entropy model" if model.bottleneck.has_rate else "the index prior"
     print(
-        f"{args.out}: {h.images} images, {len(result)} bytes ({h.overhead_bytes} of them "
+        f"{args.out}: {h.images} image{'s' * (h.images != 1)}, {len(result)} bytes "
+        f"({h.overhead_bytes} of them "
         f"header), {result.bits_per_pixel:.4f} bits per pixel; estimated rate under {under} "
         f"{result.ideal_bits_per_pixel:.4f} (without the header)"
     )

@@ -44,7 +44,7 @@ from aekit.bottlenecks.entropy import (
 from aekit.bottlenecks.factorized import ChannelDensity, FactorizedOptions
 from aekit.components import Dims
 from aekit.errors import AekitError
-from aekit.nets.gdn import lower_bound
+from aekit.lower_bound import lower_bound
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 """The Gaussian tables: 64 scales spaced evenly in log from 0.11 to 256 (CompressAI's table,

@@ -17,32 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aekit.lower_bound import lower_bound
+
 PEDESTAL = 2.0**-36
 """Added under the square root of the stored parameters (Ballé 2018's reparameterisation: it
 keeps d sqrt / d value finite at 0); its square, 2^-72, is far below any bound here."""
 BETA_MIN = 1e-6
 """beta's lower bound: the denominator never reaches 0 (Ballé 2018; CompressAI's default)."""
-
-
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound), whose gradient also passes below the bound when it would raise x: a
-    parameter pinned at its bound by one step can leave it again (Ballé 2018, section 3)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp_min(bound)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        passes = (x >= ctx.bound) | (grad < 0)
-        return grad * passes, None
-
-
-def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
-    return _LowerBound.apply(x, bound)
 
 
 class NonNegative(nn.Module):
