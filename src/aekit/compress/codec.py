@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from aekit.compress import container, symbols
-from aekit.compress.container import CompactHeader
+from aekit.compress.container import CompactHeader, FileRate
 from aekit.compress.index_prior import IndexPrior
 from aekit.errors import AekitError, one_line
 from aekit.io import atomic_write_bytes, tensors_sha256
@@ -70,7 +70,7 @@ hold at that rate is refused before anything is allocated."""
 
 
 @dataclass(frozen=True)
-class Header:
+class Header(FileRate):
     """What a compressed file says about itself (the JSON header and the framing sizes)."""
 
     version: int
@@ -108,16 +108,6 @@ class Header:
     def overhead_bytes(self) -> int:
         """Everything but the payload: framing, JSON header and CRC."""
         return self.file_bytes - self.payload_bytes
-
-    @property
-    def pixels(self) -> int:
-        """Pixels of all images (H·W each; channels are not counted, as for image codecs)."""
-        return self.images * self.image_shape[1] * self.image_shape[2]
-
-    @property
-    def bits_per_pixel(self) -> float:
-        """The whole file's size (header included) in bits per pixel."""
-        return 8 * self.file_bytes / self.pixels
 
     def to_json(self) -> bytes:
         fields = asdict(self)
@@ -228,16 +218,7 @@ def encode_images(
         raise AekitError("compression of label-conditioned models is not supported")
     x = check_images(model, images)
     slots = _coded_slots(model, stages)
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            model.encode_indices(x[i : i + BATCH].to(model.device))[..., :slots].cpu()
-            for i in range(0, len(x), BATCH)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    return in_eval_batches(model, x, lambda batch: model.encode_indices(batch)[..., :slots])
 
 
 def _categorical(prior: IndexPrior, position: int, slot: int):
@@ -505,18 +486,9 @@ def decompress(data: bytes, model: Autoencoder, *, prior: IndexPrior | None = No
     if model.bottleneck.has_rate:
         if prior is not None:
             raise AekitError("an index prior applies to quantizer models only")
-        return _decode_batches(model, decompress_latents(data, model))
+        return in_eval_batches(model, decompress_latents(data, model), model.decode)
     indices = decompress_indices(data, model, prior=prior)
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            model.decode_indices(indices[i : i + BATCH]).cpu()
-            for i in range(0, len(indices), BATCH)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    return in_eval_batches(model, indices, model.decode_indices)
 
 
 # ------------------------------------------------------------------ entropy-coded latents
@@ -631,32 +603,19 @@ def decompress_latents(data: bytes, model: Autoencoder) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _decode_batches(model: Autoencoder, latents: torch.Tensor) -> torch.Tensor:
-    """E[x|z] of latents (N, latent_dim), in batches of BATCH, float32 on the CPU."""
+def in_eval_batches(model: Autoencoder, x: torch.Tensor, run) -> torch.Tensor:
+    """`run` over x in batches of BATCH, the model in eval mode (its mode restored after),
+    the results concatenated on the CPU."""
     was_training = model.training
     model.eval()
     try:
-        chunks = [
-            model.decode(latents[i : i + BATCH].to(model.device)).cpu()
-            for i in range(0, len(latents), BATCH)
-        ]
+        chunks = [run(x[i : i + BATCH].to(model.device)).cpu() for i in range(0, len(x), BATCH)]
     finally:
         model.train(was_training)
     return torch.cat(chunks)
 
 
-@torch.no_grad()
 def reconstruct(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
     """What decompressing a file of these images gives, computed without the file: the
     model's own reconstruction through its rounded latents (eval mode, batches of BATCH)."""
-    x = check_images(model, images)
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            model.reconstruct(x[i : i + BATCH].to(model.device)).cpu()
-            for i in range(0, len(x), BATCH)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    return in_eval_batches(model, check_images(model, images), model.reconstruct)

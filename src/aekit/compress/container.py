@@ -35,8 +35,23 @@ MAX_HINT = 4096
 """Longest run hint (bytes) a file may carry."""
 
 
+class FileRate:
+    """The rate of a file from its `file_bytes`, `images` and `image_shape` (either
+    format's header has them)."""
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of all images (H·W each; channels are not counted, as for image codecs)."""
+        return self.images * self.image_shape[1] * self.image_shape[2]
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """The whole file's size (header included) in bits per pixel."""
+        return 8 * self.file_bytes / self.pixels
+
+
 @dataclass(frozen=True)
-class CompactHeader:
+class CompactHeader(FileRate):
     kind: str
     model_id: str
     """Hex of the first MODEL_ID_BYTES of the weights' SHA-256."""
@@ -64,14 +79,6 @@ class CompactHeader:
     @property
     def overhead_bytes(self) -> int:
         return self.header_bytes
-
-    @property
-    def pixels(self) -> int:
-        return self.images * self.image_shape[1] * self.image_shape[2]
-
-    @property
-    def bits_per_pixel(self) -> float:
-        return 8 * self.file_bytes / self.pixels
 
 
 def varint(n: int) -> bytes:
