@@ -33,7 +33,7 @@ from aekit.data.tensor_data import Batch
 from aekit.errors import AekitError
 from aekit.likelihoods import Likelihood
 from aekit.models.config import ModelConfig
-from aekit.objectives import ForwardPass, Objective
+from aekit.objectives import ForwardPass, Objective, TrainsAuxiliary
 from aekit.patches import Masked
 from aekit.sparse import Preactivations, SparseCode, SparseLatents
 
@@ -111,7 +111,7 @@ class Autoencoder(nn.Module):
             )
         bottleneck.attach(encoder)
         objective.attach(bottleneck, decoder, likelihood)
-        if objective.auxiliary is not None:
+        if isinstance(objective, TrainsAuxiliary):
             self.auxiliary = objective.auxiliary  # saved, moved and loaded with the model
         if getattr(decoder, "reads_tokens", False) and (
             config.bottleneck.kind != "identity" or prior is not None
@@ -399,15 +399,15 @@ class Autoencoder(nn.Module):
     def auxiliary_steps(self) -> list[AuxiliaryStep]:
         """The objective's own network (FactorVAE's discriminator), trained on each step's
         bottleneck output."""
-        net = self.objective.auxiliary
-        if net is None:
+        objective = self.objective
+        if not isinstance(objective, TrainsAuxiliary):
             return []
         return [
             AuxiliaryStep(
-                self.objective.auxiliary_name,
-                [p for p in net.parameters() if p.requires_grad],
-                self.objective.auxiliary_optimizer,
-                lambda out: self.objective.auxiliary_loss(out.bottleneck),
+                objective.auxiliary_name,
+                [p for p in objective.auxiliary.parameters() if p.requires_grad],
+                objective.auxiliary_optimizer,
+                lambda out: objective.auxiliary_loss(out.bottleneck),
             )
         ]
 

@@ -10,11 +10,15 @@ from aekit.objectives.base import (
     ForwardPass,
     Objective,
     ObjectiveOutput,
+    TrainsAuxiliary,
     auxiliary,
     ramp,
 )
 
-__all__ = ["OBJECTIVES", "ForwardPass", "Objective", "ObjectiveOutput", "auxiliary", "ramp"]
+__all__ = [
+    "OBJECTIVES", "ForwardPass", "Objective", "ObjectiveOutput", "TrainsAuxiliary", "auxiliary",
+    "ramp",
+]  # fmt: skip
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -89,12 +89,6 @@ class Objective(ABC):
     """Whether the bottleneck must have a prior to sample from (WAE, SWAE)."""
     paired_targets = False
     """Whether it can train a model to predict a paired target instead of its input."""
-    auxiliary: nn.Module | None = None
-    """A network the objective trains with an optimiser of its own (FactorVAE's
-    discriminator): the model holds it as a part, and the Trainer steps it after each step of
-    the model on `auxiliary_loss` with `auxiliary_optimizer`."""
-    auxiliary_name = "auxiliary"
-    """What the auxiliary network is called in checkpoints and messages."""
 
     def __init__(self, options: NoOptions, dims: Dims) -> None:
         self.options = options
@@ -139,15 +133,6 @@ class Objective(ABC):
         if getattr(self.options, "dataset_size", None) == 0:
             self.options.dataset_size = examples  # type: ignore[attr-defined]
 
-    def auxiliary_loss(self, b: BottleneckOutput) -> ObjectiveOutput:
-        """The loss of the `auxiliary` network on a training step's bottleneck output (whose
-        codes it must detach: the model was already stepped on them)."""
-        raise NotImplementedError
-
-    def auxiliary_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimiser of the `auxiliary` network."""
-        raise NotImplementedError
-
     def as_data(self, prediction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean in the units of the data x it was predicted for: the same
         tensor, unless the objective's targets are a transform of x (normalised patches)."""
@@ -168,6 +153,25 @@ class Objective(ABC):
         for name, value in extra.items():
             terms[name] = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
         return terms
+
+
+class TrainsAuxiliary(Objective):
+    """An objective with a network of its own, trained by an optimiser of its own (FactorVAE's
+    discriminator): the model holds `auxiliary` as a part, and the Trainer steps it after each
+    step of the model on `auxiliary_loss` with `auxiliary_optimizer`."""
+
+    auxiliary: nn.Module
+    auxiliary_name = "auxiliary"
+    """What the auxiliary network is called in checkpoints and messages."""
+
+    @abstractmethod
+    def auxiliary_loss(self, b: BottleneckOutput) -> ObjectiveOutput:
+        """The loss of the `auxiliary` network on a training step's bottleneck output (whose
+        codes it must detach: the model was already stepped on them)."""
+
+    @abstractmethod
+    def auxiliary_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser of the `auxiliary` network."""
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")

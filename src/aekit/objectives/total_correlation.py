@@ -40,7 +40,14 @@ from torch.nn import functional as F
 
 from aekit.bottlenecks.base import BottleneckOutput
 from aekit.errors import AekitError
-from aekit.objectives.base import OBJECTIVES, ForwardPass, Objective, ObjectiveOutput, auxiliary
+from aekit.objectives.base import (
+    OBJECTIVES,
+    ForwardPass,
+    Objective,
+    ObjectiveOutput,
+    TrainsAuxiliary,
+    auxiliary,
+)
 from aekit.priors import LOG_2PI
 
 ESTIMATORS = ("mws", "mss")
@@ -206,7 +213,7 @@ DISCRIMINATOR_BETAS = (0.5, 0.9)
 
 
 @OBJECTIVES.register("factor-vae")
-class FactorVAE(Objective):
+class FactorVAE(TrainsAuxiliary):
     """nll + KL + gamma * E[logit D(z)], the discriminator D trained alongside."""
 
     Options = FactorVAEOptions
