@@ -223,7 +223,7 @@ def test_decompress_is_the_models_own_reconstruction_exactly(recipe):
 def test_the_hyper_synthesis_is_exact_whatever_the_batch():
     model = codec()
     b = model.bottleneck
-    side = b.symbols(model.features(images(6), None))[0]
+    side = b.code(model.features(images(6), None))[0][0]
     together = b.conditionals(side)
     for i in range(6):  # one at a time: other kernels, other summation orders
         alone = b.conditionals(side[i : i + 1])

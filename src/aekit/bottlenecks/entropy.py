@@ -267,23 +267,25 @@ def add_noise(y: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CodingStage:
-    """What one stage of a compressed file codes: integer symbols (N, n) int64, which table
-    of `bank` codes each of them (N, n), and the bank."""
+    """How one stage of a compressed file codes its integers: which table of `bank` codes
+    each symbol (N, n) int64, and the offset (N, n) float64 that a symbol q stands for q +
+    offset of (a channel's median, a predicted mean)."""
 
-    symbols: torch.Tensor | None
     tables: torch.Tensor
     bank: TableBank
+    offsets: torch.Tensor
 
 
 class EntropyCoded(Bottleneck):
     """A latent of `vector_width` channels at each position of the body's grid (on flat data
     a column of latent_dim / vector_width positions), rounded and entropy-coded in evaluation.
 
-    Subclasses define the densities (`forward`) and the coding protocol a compressed file
-    follows: `symbols` gives each stage's integers, `stage` the tables that code stage s
-    given the symbols of the stages before it (so the encoder uses exactly what the decoder
-    will compute), `dequantise` the latent the decoder sees, `identity` the hash of every
-    table that does not depend on the data."""
+    Subclasses define the training densities (`forward` in training mode) and the coding
+    protocol: `values` gives the continuous values each stage rounds, `stage` how stage s is
+    coded given the symbols of the stages before it, and `identity` the hash of every table
+    that does not depend on the data. The last stage is the latent the decoder sees. Encoding,
+    decoding and the evaluation forward all go through `code` / `stage`, so the encoder uses
+    exactly what the decoder will compute, and each stage's model is computed once."""
 
     codes_positions = True
     has_rate = True
@@ -318,22 +320,46 @@ class EntropyCoded(Bottleneck):
             params=params,
         )
 
+    def forward(
+        self, h: torch.Tensor, samples: int = 1, step: int | None = None
+    ) -> BottleneckOutput:
+        if self.training:
+            return self.noisy(h, samples)
+        symbols, stages = self.code(h)
+        bits = sum(st.bank.bits(q, st.tables).sum(1) for q, st in zip(symbols, stages, strict=True))
+        y_hat = self.dequantise(symbols[-1], stages[-1].offsets).to(h)
+        return self.output(y_hat, bits.to(h), samples, y=h)
+
+    @torch.no_grad()
+    def code(self, h: torch.Tensor) -> tuple[list[torch.Tensor], list[CodingStage]]:
+        """Every stage's symbols (B, n_s) int64, round(value - offset), and how it is coded."""
+        symbols: list[torch.Tensor] = []
+        stages: list[CodingStage] = []
+        for s, value in enumerate(self.values(h)):
+            stages.append(self.stage(s, symbols, len(h)))
+            symbols.append(torch.round(value - stages[-1].offsets).long())
+        return symbols, stages
+
+    def dequantise(self, symbols: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The latent the decoder sees, q + offset, from the last stage's symbols."""
+        return (symbols.double() + offsets).to(next(self.parameters()))
+
+    @abstractmethod
+    def noisy(self, h: torch.Tensor, samples: int) -> BottleneckOutput:
+        """The training forward: noisy latents and their rate."""
+
     @property
     @abstractmethod
     def stages(self) -> int:
         """How many stages a compressed file codes, in order."""
 
     @abstractmethod
-    def symbols(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """The integer symbols (B, n_s) int64 of each stage, for encoder features h."""
+    def values(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The continuous values (B, n_s) float64 on the CPU each stage rounds."""
 
     @abstractmethod
     def stage(self, s: int, previous: list[torch.Tensor], n: int) -> CodingStage:
         """How stage s of n examples is coded, given the symbols of stages 0 .. s-1."""
-
-    @abstractmethod
-    def dequantise(self, symbols: list[torch.Tensor]) -> torch.Tensor:
-        """The latent (B, latent_dim) the decoder sees, from every stage's symbols."""
 
     @abstractmethod
     def identity(self) -> str:

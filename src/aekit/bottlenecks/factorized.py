@@ -53,31 +53,18 @@ class ChannelDensity:
         lik = self.density.likelihood(y_noisy.permute(2, 0, 1).reshape(c, b * p))
         return y_noisy, -torch.log2(lik).reshape(c, b, p).sum((0, 2))
 
-    def symbols(self, y: torch.Tensor) -> torch.Tensor:
-        """round(y - offset) per channel, int64 (B, P, C), on the CPU."""
-        offsets, _ = self.density.tables()
-        return torch.round(y.detach().cpu().double() - offsets).long()
-
-    def dequantise(self, q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """q + offset, in the dtype and on the device of `like`."""
-        offsets, _ = self.density.tables()
-        c = self.density.channels
-        return (q.view(len(q), -1, c).double() + offsets).to(like)
-
     def stage(self, n: int, positions: int) -> CodingStage:
-        _, bank = self.density.tables()
-        channel = torch.arange(self.density.channels).repeat(n, positions, 1)
-        return CodingStage(None, channel.reshape(n, -1), bank)
+        """n examples of `positions` x C values, position-major: each codes under its
+        channel's table, around its channel's median."""
+        offsets, bank = self.density.tables()
+        c = self.density.channels
+        channel = torch.arange(c).repeat(n, positions)
+        return CodingStage(channel, bank, offsets.repeat(n, positions))
 
     def identity(self) -> str:
         """SHA-256 of the offsets and tables (bit for bit)."""
         offsets, bank = self.density.tables()
         return sha256_of(offsets, bank.lo, bank.sizes, bank.pmf)
-
-    def bits(self, q: torch.Tensor) -> torch.Tensor:
-        """Each example's code length (B,) float64 under the tables, for q (B, P, C)."""
-        stage = self.stage(q.shape[0], q.shape[1])
-        return stage.bank.bits(q.reshape(q.shape[0], -1), stage.tables).sum(1)
 
 
 @BOTTLENECKS.register("factorized")
@@ -89,34 +76,19 @@ class Factorized(EntropyCoded):
         self.density = FactorizedDensity(self.channels)
         self.coder = ChannelDensity(self.density)
 
-    def positions_view(self, h: torch.Tensor) -> torch.Tensor:
-        return h.view(h.shape[0], -1, self.channels)
-
-    def forward(
-        self, h: torch.Tensor, samples: int = 1, step: int | None = None
-    ) -> BottleneckOutput:
-        y = self.positions_view(h)
-        if self.training:
-            y_hat, bits = self.coder.noisy(y)
-        else:
-            q = self.coder.symbols(y)
-            y_hat, bits = self.coder.dequantise(q, h), self.coder.bits(q).to(h)
-        return self.output(y_hat.reshape(h.shape), bits, samples, y=h)
+    def noisy(self, h: torch.Tensor, samples: int) -> BottleneckOutput:
+        y_noisy, bits = self.coder.noisy(h.view(h.shape[0], -1, self.channels))
+        return self.output(y_noisy.reshape(h.shape), bits, samples, y=h)
 
     @property
     def stages(self) -> int:
         return 1
 
-    def symbols(self, h: torch.Tensor) -> list[torch.Tensor]:
-        return [self.coder.symbols(self.positions_view(h)).reshape(h.shape[0], -1)]
+    def values(self, h: torch.Tensor) -> list[torch.Tensor]:
+        return [h.detach().cpu().double()]
 
     def stage(self, s: int, previous: list[torch.Tensor], n: int) -> CodingStage:
         return self.coder.stage(n, self.grid[0] * self.grid[1])
-
-    def dequantise(self, symbols: list[torch.Tensor]) -> torch.Tensor:
-        q = symbols[0]
-        like = torch.empty(0, device=self.density.biases[0].device)
-        return self.coder.dequantise(q, like).reshape(len(q), -1)
 
     def identity(self) -> str:
         return self.coder.identity()

@@ -183,14 +183,7 @@ class Hyperprior(EntropyCoded):
         """(B, h*w, N) -> (B, N, h, w)."""
         return z.view(z.shape[0], *self.side_grid, -1).permute(0, 3, 1, 2)
 
-    def forward(
-        self, h: torch.Tensor, samples: int = 1, step: int | None = None
-    ) -> BottleneckOutput:
-        if not self.training:
-            side, q, mu, index = self.quantise(h)
-            bits = self.side.bits(side.view(len(h), -1, self.side_density.channels))
-            bits = bits + self.bank.bits(q, index).sum(1)
-            return self.output((q.double() + mu).to(h), bits.to(h), samples, y=h)
+    def noisy(self, h: torch.Tensor, samples: int) -> BottleneckOutput:
         y = self.maps(h)
         z_noisy, side_bits = self.side.noisy(self.side_positions(self.hyper_analysis(y)))
         mu, raw_scale = self.hyper_synthesis(self.side_maps(z_noisy)).chunk(2, dim=1)
@@ -206,8 +199,8 @@ class Hyperprior(EntropyCoded):
     def conditionals(self, side_symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The means (B, latent_dim) float64 and table indices (B, latent_dim) int64 of the
         main latents, position-major, from the side symbols, exactly (CPU fixed point)."""
-        cpu = torch.empty(0, dtype=torch.float64)
-        z_hat = self.side_maps(self.side.dequantise(side_symbols, cpu))
+        side = self.stage(0, [], len(side_symbols))
+        z_hat = self.side_maps(side_symbols.double() + side.offsets)
         mu, scale = exact_forward(self.hyper_synthesis, z_hat).chunk(2, dim=1)
         index = torch.searchsorted(self.scales, self.flat(scale).clamp_min(SCALE_MIN).contiguous())
         return self.flat(mu), index.clamp_max(SCALE_LEVELS - 1)
@@ -217,27 +210,15 @@ class Hyperprior(EntropyCoded):
         return 2
 
     @torch.no_grad()
-    def quantise(
-        self, h: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The side symbols (B, n_side), the main symbols q = round(y - mu) (B, latent_dim),
-        their means (float64) and table indices, on the CPU."""
-        z = self.hyper_analysis(self.maps(h))
-        side = self.side.symbols(self.side_positions(z)).reshape(len(h), -1)
-        mu, index = self.conditionals(side)
-        return side, torch.round(h.detach().cpu().double() - mu).long(), mu, index
-
-    def symbols(self, h: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.quantise(h)[:2])
+    def values(self, h: torch.Tensor) -> list[torch.Tensor]:
+        z = self.side_positions(self.hyper_analysis(self.maps(h)))
+        return [z.reshape(len(h), -1).cpu().double(), h.detach().cpu().double()]
 
     def stage(self, s: int, previous: list[torch.Tensor], n: int) -> CodingStage:
         if s == 0:
             return self.side.stage(n, self.side_grid[0] * self.side_grid[1])
-        return CodingStage(None, self.conditionals(previous[0])[1], self.bank)
-
-    def dequantise(self, symbols: list[torch.Tensor]) -> torch.Tensor:
-        mu, _ = self.conditionals(symbols[0])
-        return (symbols[1].double() + mu).to(next(self.parameters()))
+        mu, index = self.conditionals(previous[0])
+        return CodingStage(index, self.bank, mu)
 
     def identity(self) -> str:
         tables = sha256_of(self.scales, self.bank.lo, self.bank.sizes, self.bank.pmf)

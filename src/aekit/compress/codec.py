@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from aekit.bottlenecks.entropy import CodingStage
 from aekit.compress import container, symbols
 from aekit.compress.container import CompactHeader, FileRate
 from aekit.compress.index_prior import IndexPrior
@@ -501,6 +502,12 @@ def entropy_model(model: Autoencoder):
 @torch.no_grad()
 def encode_latents(model: Autoencoder, images: torch.Tensor) -> list[torch.Tensor]:
     """The integer symbols (N, n_s) of each coding stage of images, in eval mode."""
+    return _code(model, images)[0]
+
+
+@torch.no_grad()
+def _code(model: Autoencoder, images: torch.Tensor) -> tuple[list[torch.Tensor], list[CodingStage]]:
+    """Every stage's symbols of images and how each is coded, in eval mode and batches."""
     if model.conditional:
         raise AekitError("compression of label-conditioned models is not supported")
     x = check_images(model, images)
@@ -509,23 +516,30 @@ def encode_latents(model: Autoencoder, images: torch.Tensor) -> list[torch.Tenso
     model.eval()
     try:
         chunks = [
-            bottleneck.symbols(model.features(x[i : i + BATCH].to(model.device), None))
+            bottleneck.code(model.features(x[i : i + BATCH].to(model.device), None))
             for i in range(0, len(x), BATCH)
         ]
     finally:
         model.train(was_training)
-    return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
+    codes = [torch.cat(stage) for stage in zip(*(c[0] for c in chunks), strict=True)]
+    return codes, [_join(parts) for parts in zip(*(c[1] for c in chunks), strict=True)]
 
 
-def _stage(bottleneck, s: int, previous: list[torch.Tensor], n: int):
-    """Stage s's tables for n examples (in batches: a hyper-synthesis of all at once could
-    be large) and its bank."""
-    tables, bank = [], None
-    for i in range(0, n, BATCH):
-        stage = bottleneck.stage(s, [p[i : i + BATCH] for p in previous], min(BATCH, n - i))
-        tables.append(stage.tables)
-        bank = stage.bank
-    return torch.cat(tables), bank
+def _join(parts) -> CodingStage:
+    """The coding of consecutive batches of one stage, as one."""
+    tables = torch.cat([p.tables for p in parts])
+    return CodingStage(tables, parts[0].bank, torch.cat([p.offsets for p in parts]))
+
+
+def _stage(bottleneck, s: int, previous: list[torch.Tensor], n: int) -> CodingStage:
+    """How stage s of n examples is coded (in batches: a hyper-synthesis of all at once could
+    be large)."""
+    return _join(
+        [
+            bottleneck.stage(s, [p[i : i + BATCH] for p in previous], min(BATCH, n - i))
+            for i in range(0, n, BATCH)
+        ]
+    )
 
 
 def _latent_crc32(codes: list[torch.Tensor]) -> int:
@@ -541,14 +555,13 @@ def compress_latents(
     """Compress images with an entropy-coded bottleneck: each stage's symbols range-coded
     under the tables the decoder will rebuild from the weights and the earlier stages."""
     bottleneck = entropy_model(model)
-    codes = encode_latents(model, images)
+    codes, stages = _code(model, images)
     n = len(codes[0])
     encoder = symbols.new_encoder()
     ideal = 0.0
-    for s, stage_symbols in enumerate(codes):
-        tables, bank = _stage(bottleneck, s, codes[:s], n)
-        symbols.encode_stage(encoder, stage_symbols, tables, bank)
-        ideal += float(bank.bits(stage_symbols, tables).sum())
+    for stage_symbols, stage in zip(codes, stages, strict=True):
+        symbols.encode_stage(encoder, stage_symbols, stage.tables, stage.bank)
+        ideal += float(stage.bank.bits(stage_symbols, stage.tables).sum())
     header = CompactHeader(
         "latents",
         model_sha256(model)[: 2 * container.MODEL_ID_BYTES],
@@ -586,8 +599,8 @@ def decompress_latents(data: bytes, model: Autoencoder) -> torch.Tensor:
     codes: list[torch.Tensor] = []
     try:
         for s in range(bottleneck.stages):
-            tables, bank = _stage(bottleneck, s, codes, header.images)
-            codes.append(symbols.decode_stage(decoder, tables, bank))
+            stage = _stage(bottleneck, s, codes, header.images)
+            codes.append(symbols.decode_stage(decoder, stage.tables, stage.bank))
     except (ValueError, RuntimeError, AssertionError) as e:
         raise AekitError(f"the payload cannot be decoded (corrupted): {one_line(e, 200)}") from None
     if not decoder.maybe_exhausted():
@@ -596,7 +609,7 @@ def decompress_latents(data: bytes, model: Autoencoder) -> torch.Tensor:
         raise AekitError("the decoded symbols fail their checksum (corrupted or another coder)")
     return torch.cat(
         [
-            bottleneck.dequantise([c[i : i + BATCH] for c in codes]).cpu()
+            bottleneck.dequantise(codes[-1][i : i + BATCH], stage.offsets[i : i + BATCH]).cpu()
             for i in range(0, header.images, BATCH)
         ]
     )
