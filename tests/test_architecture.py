@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
 LEAF = (
     "aekit.bottlenecks", "aekit.errors", "aekit.components", "aekit.priors", "aekit.sparse",
-    "aekit.patches", "aekit.lower_bound",
+    "aekit.patches", "aekit.lower_bound", "aekit.distributed", "aekit.precision",
 )  # fmt: skip
 RULES = {
     "aekit.bottlenecks": (

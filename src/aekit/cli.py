@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aekit import distributed
 from aekit.cli_flags import (
     Parser,
     add_flags,
@@ -427,13 +428,19 @@ def cmd_train(argv: list[str]) -> int:
     chosen = {slot: getattr(known, slot) for slot in SLOTS}
     kinds = recipe_kinds(recipe, chosen) if recipe else {**DEFAULT_KINDS}
     args = train_parser(recipe, kinds).parse_args(argv)
-    setup_logging(args.quiet)
+    # Under torchrun: join the ranks first; rank 0 alone logs, owns and writes the run.
+    device = getattr(args, "train.device", None) or (config or {}).get("train", {}).get("device")
+    distributed.start(resolve_device(device or "auto"))
+    setup_logging(args.quiet or not distributed.is_writer())
     # The whole command owns its run directory (training, then evaluation and report).
     owned = known.resume or getattr(args, "train.out", None)
-    with writer_lock(owned) if owned else contextlib.nullcontext():
-        if config is not None:
-            return resume(args, config)
-        return train_new(recipe, args)
+    try:
+        with writer_lock(owned) if owned and distributed.is_writer() else contextlib.nullcontext():
+            if config is not None:
+                return resume(args, config)
+            return train_new(recipe, args)
+    finally:
+        distributed.stop()
 
 
 def train_new(recipe: Recipe | None, args: argparse.Namespace) -> int:
@@ -464,7 +471,7 @@ def train_new(recipe: Recipe | None, args: argparse.Namespace) -> int:
 def train_config(recipe: Recipe, model: Any, values: dict[str, Any]) -> TrainConfig:
     """The recipe's training defaults (for this model's size) under the flags given."""
     config = recipe_train_config(model, **values)
-    config.out = config.out or str(fresh_run_dir(recipe.name))
+    config.out = config.out or distributed.on_writer(lambda: str(fresh_run_dir(recipe.name)))
     return config
 
 
@@ -569,6 +576,8 @@ def resume(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
+    if not distributed.is_writer():  # rank 0 evaluates and reports
+        return 0
     run = Path(trainer.config.out)
     model = trainer.model
     fit_sampling_density(model, splits, trainer.device, run)
@@ -603,6 +612,8 @@ def finish_on_activations(
     eval.json, a group's members' in theirs; the report with the feature browser."""
     from aekit.data.activations.models import load_source_model
 
+    if not distributed.is_writer():  # rank 0 evaluates and reports
+        return 0
     run = Path(result.run_dir)
     group = model.run_kind == "group"
     device = next(model.parameters()).device

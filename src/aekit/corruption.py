@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.components import Dims, NoOptions, Registry
 from aekit.errors import AekitError
 from aekit.patches import Masked
@@ -66,7 +67,8 @@ class GaussianNoise(Corruption):
     Options = GaussianNoiseOptions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.options.noise * torch.randn_like(x)
+        eps = distributed.per_row(lambda s: torch.randn(s, device=x.device, dtype=x.dtype), x.shape)
+        return x + self.options.noise * eps
 
 
 @CORRUPTIONS.register("masking")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aekit import distributed
 from aekit.errors import AekitError
 
 NORM_PIX_EPS = 1e-6
@@ -79,7 +80,9 @@ class Masked:
             if n == patches:  # nothing hidden: every patch, in order
                 self.keep = torch.arange(patches, device=self.x.device).expand(b, -1)
             else:
-                noise = torch.rand(b, patches, device=self.x.device)
+                noise = distributed.per_row(
+                    lambda s: torch.rand(s, device=self.x.device), (b, patches)
+                )
                 self.keep = noise.argsort(1)[:, :n]
         elif self.keep.dim() != 2 or self.keep.shape[0] != self.x.shape[0]:
             raise AekitError(

@@ -43,6 +43,8 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from aekit.precision import autocasting
+
 
 class Pattern:
     """Which (row, latent) entries are non-zero: CSR offsets `crow` (R + 1,), latents `col` (N,)
@@ -135,7 +137,7 @@ class _SparsePreacts(Function):
     def forward(ctx, x, weight, bias, pattern, pre):
         ctx.pattern = pattern
         ctx.save_for_backward(x, weight)
-        if pre is not None:
+        if pre is not None and pre.dtype == x.dtype:  # a bf16 selection's: recomputed
             return pre[pattern.row, pattern.col]
         return _sampled_rows_dot(pattern, x, weight) + bias[pattern.col]
 
@@ -330,7 +332,9 @@ class Preactivations:
             return self._dense.detach()
         if self._detached is None:
             with torch.no_grad():
-                if self.workspace is None:
+                # Under bf16 training the product that selects the code is bfloat16 (an out=
+                # product would not autocast); the kept values are recomputed in float32.
+                if self.workspace is None or autocasting(self.x.device):
                     self._detached = F.linear(self.x, self.weight, self.bias)
                 else:
                     out = self.workspace.take(*self.shape, like=self.x)

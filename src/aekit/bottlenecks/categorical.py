@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from aekit import distributed
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.components import Dims
 from aekit.errors import AekitError
@@ -65,7 +66,10 @@ class CategoricalOptions:
 
 
 def gumbel_noise(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    u = torch.rand(shape, device=like.device, dtype=like.dtype)
+    """Gumbel(0, 1) noise of `shape` (samples, B, ...)."""
+    u = distributed.per_row(
+        lambda s: torch.rand(s, device=like.device, dtype=like.dtype), shape, dim=1
+    )
     tiny = torch.finfo(like.dtype).tiny
     return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
 

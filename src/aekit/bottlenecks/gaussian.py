@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.bottlenecks.base import (
     BOTTLENECKS,
     Bottleneck,
@@ -40,7 +41,11 @@ def reparameterise(
 
     The sample stays differentiable in (mu, sigma); log q is written through eps, which is
     both cheaper and exact: (z - mu) / sigma = eps."""
-    eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+    eps = distributed.per_row(
+        lambda shape: torch.randn(shape, device=mu.device, dtype=mu.dtype),
+        (samples, *mu.shape),
+        dim=1,
+    )
     z = mu + (0.5 * logvar).exp() * eps
     log_q = -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)
     return z, log_q

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.bottlenecks.gaussian import reparameterise, split_gaussian
 from aekit.components import Dims
@@ -72,7 +73,9 @@ class Hierarchical(Bottleneck):
         mu1, logvar1 = split_gaussian(h)
         z1, log_q1 = reparameterise(mu1, logvar1, samples)  # (S, B, D1)
         mu2, logvar2 = split_gaussian(self.up(z1))
-        eps2 = torch.randn_like(mu2)
+        eps2 = distributed.per_row(
+            lambda s: torch.randn(s, device=mu2.device, dtype=mu2.dtype), mu2.shape, dim=1
+        )
         z2 = mu2 + (0.5 * logvar2).exp() * eps2  # one z2 per z1 draw
         log_q2 = diagonal_normal_log_prob(z2, mu2, logvar2)
         prior_mu, prior_logvar = split_gaussian(self.prior_net(z2))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.bottlenecks.base import BOTTLENECKS
 from aekit.bottlenecks.quantizer import Quantized, Quantizer, rotation_trick, straight_through
 from aekit.bottlenecks.vq import CodeStatistics, VectorQuantizer, VQOptions
@@ -79,8 +80,11 @@ class ResidualVQ(Quantizer):
         if not self.training or o.quantizer_dropout == 0 or n % self.positions:
             return keep
         examples = n // self.positions
-        depth = torch.randint(1, o.stages + 1, (examples,), device=device)
-        dropped = torch.rand(examples, device=device) < o.quantizer_dropout
+        depth = distributed.per_row(
+            lambda s: torch.randint(1, o.stages + 1, s, device=device), (examples,)
+        )
+        dropped = distributed.per_row(lambda s: torch.rand(s, device=device), (examples,))
+        dropped = dropped < o.quantizer_dropout
         depth = torch.where(dropped, depth, torch.full_like(depth, o.stages))
         keep = (torch.arange(o.stages, device=device) < depth.unsqueeze(1)).float()
         return keep.repeat_interleave(self.positions, 0)

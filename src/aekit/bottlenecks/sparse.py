@@ -31,6 +31,7 @@ import torch
 from torch.autograd import Function
 from torch.nn import functional as F
 
+from aekit import distributed
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.components import Dims
 from aekit.errors import AekitError
@@ -154,6 +155,9 @@ class SparseBottleneck(Bottleneck):
             fired = counts.index_add_(0, pattern.col, (values != 0).to(counts.dtype)) > 0
         else:
             fired = (z != 0).any(0)
+        # Counted over every rank's rows: each rank keeps the same counters.
+        fired = distributed.max_(fired)
+        rows = int(distributed.sum_(torch.tensor(rows)))
         self.tokens_since_fired.add_(rows).masked_fill_(fired, 0)
         return self.tokens_since_fired >= self.options.dead_tokens
 
@@ -342,7 +346,18 @@ class BatchTopK(KSparse):
 
     def select(self, pre, k):
         b, n = pre.shape
-        return Pattern.from_flat(pre.reshape(-1).topk(b * k, sorted=False).indices, b, n)
+        flat = pre.reshape(-1)
+        shard = distributed.current()
+        if shard is None:
+            return Pattern.from_flat(flat.topk(b * k, sorted=False).indices, b, n)
+        # The global batch's B k largest: each rank offers its own B k largest (or all it has),
+        # and keeps its entries at or above the B k-th largest of all offers.
+        wanted = shard.total * k
+        offered = flat.topk(min(wanted, flat.numel()), sorted=False).values
+        padded = offered.new_full((wanted,), -math.inf)
+        padded[: offered.numel()] = offered
+        cutoff = distributed.stacked(padded).flatten().topk(wanted, sorted=False).values.min()
+        return Pattern.from_flat((flat >= cutoff).nonzero().flatten(), b, n)
 
     def dense(self, pre):
         return torch.where(pre > self.threshold, pre, 0.0)  # theta >= 0: a ReLU too
@@ -365,7 +380,7 @@ class BatchTopK(KSparse):
 
     @torch.no_grad()
     def observe(self, values):
-        smallest = smallest_positive(values)
+        smallest = distributed.min_(smallest_positive(values))
         decay = self.options.threshold_decay
         ema = torch.where(
             self.threshold > 0, decay * self.threshold + (1 - decay) * smallest, smallest

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aekit import distributed
 from aekit.bottlenecks.base import BOTTLENECKS
 from aekit.bottlenecks.quantizer import Quantized, Quantizer, rotation_trick, straight_through
 from aekit.components import Dims
@@ -123,6 +124,21 @@ class CodeStatistics:
     """The squared distance of each code to its nearest vector, (K,) (restarts)."""
     anchors: torch.Tensor | None
     """That nearest vector, (K, D)."""
+
+    def across_ranks(self) -> CodeStatistics:
+        """The statistics of the global batch from every rank's (the identity in one process):
+        counts and sums add; each code's nearest vector is the closest of the ranks' nearest,
+        ties to the lowest rank, whose rows come first in the batch."""
+        if distributed.current() is None:
+            return self
+        counts = distributed.sum_(self.counts)
+        sums = None if self.sums is None else distributed.sum_(self.sums)
+        if self.nearest is None:
+            return CodeStatistics(counts, sums, None, None)
+        nearest = distributed.stacked(self.nearest)  # (ranks, K)
+        closest = nearest.argmin(0)  # the first minimum: the lowest rank
+        anchors = distributed.stacked(self.anchors)[closest, torch.arange(len(closest))]
+        return CodeStatistics(counts, sums, nearest.min(0).values, anchors)
 
     def pooled(self, other: CodeStatistics) -> CodeStatistics:
         sums = None if self.sums is None else self.sums + other.sums
@@ -223,6 +239,8 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> None:
+        # On every rank from the global batch's vectors, with the ranks' common random state.
+        x = distributed.gather_rows(x)
         centres, counts = kmeans(x, self.options.codebook_size, self.options.kmeans_init)
         if self.options.cosine:
             centres = F.normalize(centres, dim=1)
@@ -274,6 +292,7 @@ class VectorQuantizer(Quantizer):
         (every row dropped) leave the codebook and its statistics as they are; the test is a
         tensor, not an `if`, which would wait for the device."""
         o, k = self.options, self.options.codebook_size
+        st = st.across_ranks()
         seen = st.counts.sum() > 0
         embedding = self.embedding
         if o.ema:

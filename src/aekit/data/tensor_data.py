@@ -24,6 +24,14 @@ class Batch(NamedTuple):
     by_site: dict[str, torch.Tensor] | None = None
     """Activation sources: every site read, by name (a group of models reads several)."""
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of every part (a rank's slice of a global batch)."""
+        by_site = self.by_site
+        if by_site is not None:
+            by_site = {name: v[start:stop] for name, v in by_site.items()}
+        y = None if self.y is None else self.y[start:stop]
+        return Batch(self.x[start:stop], y, by_site)
+
 
 class TensorData:
     """Examples `x` of shape (N, *shape), float32, with optional integer labels `y` (N,) and

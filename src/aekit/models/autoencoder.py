@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aekit import distributed, precision
 from aekit.bottlenecks.base import BOTTLENECKS, Bottleneck, BottleneckOutput
 from aekit.bottlenecks.quantizer import Quantizer
 from aekit.components import AuxiliaryStep
@@ -357,7 +359,9 @@ class Autoencoder(nn.Module):
                 "this model predicts a paired target (a transcoder): pass target= with the input"
             )
         if self.training and not self.is_initialised():
-            self.initialise(x, target)
+            # From every rank's rows of the batch: the initialisation a single process makes.
+            gathered = None if target is None else distributed.gather_rows(target)
+            self.initialise(distributed.gather_rows(x), gathered)
         if self.training and not self._support_checked:  # streamed data is checked here
             self.likelihood.check_data(x if target is None else target, "training batch")
             self._support_checked = True
@@ -367,8 +371,15 @@ class Autoencoder(nn.Module):
         if self.decodes_tokens and not isinstance(seen, Masked):
             seen = Masked.every_patch(seen)
         samples = self.objective.samples
-        b = self.bottleneck(self.features(seen, c), samples, step)
-        params = self.decoder_params(self._decoder_input(b), c, x)
+        # bf16 training autocasts the bodies (and a sparse selection, which reads the
+        # encoder's product); statistics, KL and likelihood sums stay float32 (precision.py).
+        with precision.bodies(x.device):
+            h = self.features(seen, c)
+        with precision.bodies(x.device) if self.bottleneck.is_sparse else nullcontext():
+            b = self.bottleneck(precision.full(h), samples, step)
+        with precision.bodies(x.device):
+            params = self.decoder_params(self._decoder_input(b), c, x)
+        params = precision.full(params)
         y = x if target is None else target.to(params.dtype)
         f = ForwardPass(y, b, params, self.decoder, self.likelihood, x)
         objective = self.objective(f, step)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aekit import distributed
 from aekit.errors import AekitError
 from aekit.objectives.base import OBJECTIVES, ForwardPass, Objective, ObjectiveOutput, auxiliary
 
@@ -48,7 +49,9 @@ def decoder_gradient_penalty(f: ForwardPass) -> torch.Tensor | None:
         )
     if not (torch.is_grad_enabled() and z.requires_grad):
         return None
-    v = torch.randn_like(f.params)
+    v = distributed.per_row(
+        lambda s: torch.randn(s, device=f.params.device, dtype=f.params.dtype), f.params.shape
+    )
     (jtv,) = torch.autograd.grad((f.params * v).sum(), z, create_graph=True)
     return jtv.pow(2).sum(1).mean()
 

@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.components import Dims
 from aekit.errors import AekitError
 from aekit.objectives.base import (
@@ -52,6 +53,26 @@ def nested_prefixes(n_latents: int, smallest: int = 64, ratio: int = 4) -> tuple
         sizes.append(m)
         m *= ratio
     return tuple(sizes)
+
+
+def batch_variance(t: torch.Tensor) -> torch.Tensor:
+    """sum_b |t_b - mean(t)|^2 over the batch, the denominator of an FVU (no gradient: t is
+    the data, or a detached residual). On ranks it is the global batch's, combined from each
+    rank's count, mean and sum of squares (Chan et al. 1979), times the rank's share of the
+    rows: the rank's error over it, weighted by that share as every loss is, sums to the
+    global batch's FVU."""
+    t = t.detach()
+    tiny = torch.finfo(t.dtype).tiny
+    if distributed.current() is None:
+        return (t - t.mean(0)).pow(2).sum().clamp_min(tiny)
+    n = torch.tensor([float(t.shape[0])], dtype=t.dtype, device=t.device)
+    mean = t.mean(0)
+    m2 = (t - mean).pow(2).sum().reshape(1)
+    parts = distributed.stacked(torch.cat([n, mean, m2]))  # (ranks, 1 + d + 1)
+    counts, means, m2s = parts[:, 0], parts[:, 1:-1], parts[:, -1]
+    overall = (counts[:, None] * means).sum(0) / counts.sum()
+    total = m2s.sum() + (counts * (means - overall).pow(2).sum(1)).sum()
+    return (total * distributed.fraction()).clamp_min(tiny)
 
 
 @dataclass
@@ -179,7 +200,7 @@ class SparseCoding(Objective):
         else:
             t_hats = (f.params.flatten(1) * scale)[:, None]
         terms: dict[str, torch.Tensor] = {"l0": b.l0}
-        variance = (t - t.mean(0)).pow(2).sum().clamp_min(torch.finfo(t.dtype).tiny)
+        variance = batch_variance(t)
         errors = (t[:, None] - t_hats).pow(2).sum((0, 2))  # per prefix
         fvus, mses = errors / variance, errors / batch
         terms["fvu"], terms["mse"] = fvus[-1], mses[-1]
@@ -214,6 +235,5 @@ class SparseCoding(Objective):
         k = min(aux_k, n_dead)
         aux = self.bottleneck.masked_code(b.features, b.dead, k)
         e_hat = decoder.directions(aux if b.z is None else aux.dense())  # dense: plain autograd
-        variance = (residual - residual.mean(0)).pow(2).sum()
-        variance = variance.clamp_min(torch.finfo(residual.dtype).tiny)
+        variance = batch_variance(residual)
         return (k / aux_k) * (residual - e_hat).pow(2).sum() / variance

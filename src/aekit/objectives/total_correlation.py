@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aekit import distributed
 from aekit.bottlenecks.base import BottleneckOutput
 from aekit.errors import AekitError
 from aekit.objectives.base import (
@@ -165,7 +166,9 @@ def permute_dims(z: torch.Tensor) -> torch.Tensor:
     """Each column of z permuted across the batch on its own (Kim & Mnih 2018, Algorithm 1):
     draws of the product of the marginals, with every marginal kept exactly."""
     b, d = z.shape
-    order = torch.argsort(torch.rand(b, d, device=z.device), dim=0)
+    # Each rank permutes its own rows; the draw keeps the ranks' random states alike.
+    noise = distributed.per_row(lambda s: torch.rand(s, device=z.device), (b, d))
+    order = torch.argsort(noise, dim=0)
     return torch.gather(z, 0, order)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aekit.components import SavedConfig
 from aekit.errors import AekitError
+from aekit.precision import check_precision
 
 
 @dataclass
@@ -35,6 +36,11 @@ class TrainConfig(SavedConfig):
     """Seeds initialisation, shuffling, binarisation and sampling: equal seeds, equal runs."""
     device: str = "auto"
     """`cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when available)."""
+    precision: str = "fp32"
+    """`fp32`, `tf32` (CUDA matmuls in TensorFloat-32) or `bf16` (the network bodies autocast to
+    bfloat16; losses, KL and likelihood sums stay float32): see `aekit/precision.py`."""
+    compile: bool = False
+    """torch.compile the training step's forward (the first steps pay for compiling)."""
     eval_batch_size: int = 1000
     """Examples per batch in validation and evaluation."""
     nll_k: int = 100
@@ -78,6 +84,7 @@ class TrainConfig(SavedConfig):
                 raise AekitError(f"{name} must be non-negative (got {getattr(self, name)})")
         if not 0 <= self.seed < 2**63:
             raise AekitError(f"seed must be in [0, 2**63) (got {self.seed})")
+        check_precision(self.precision)
         if self.optimizer not in ("adam", "adamw"):
             raise AekitError(f"optimizer must be adam or adamw (got {self.optimizer!r})")
         if self.schedule not in ("constant", "cosine"):

@@ -7,11 +7,16 @@ appended to `metrics.jsonl`, best weights and a resumable checkpoint written ato
 Each epoch's randomness is derived from (seed, epoch), and a checkpoint written mid-epoch
 carries the random state of the step it was written at, so a run resumed from any checkpoint
 continues exactly as an uninterrupted one would.
+
+Launched by `torchrun`, the same loop trains data-parallel: each rank trains on its slice of
+every global batch, gradients and running statistics are summed over ranks, so the run is the
+single process's (`aekit/distributed.py` says how); rank 0 alone validates and writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -25,10 +30,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from aekit import distributed
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError, TrainingDiverged, TrainingInterrupted
 from aekit.eval.metrics import evaluate
 from aekit.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from aekit.precision import training_precision
 from aekit.schedules import scheduled_lr
 from aekit.train import checkpoint as ckpt
 from aekit.train.config import TrainConfig
@@ -66,6 +73,15 @@ def fastest_adam(cls: type, params: Any, **options: Any) -> torch.optim.Optimize
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device named (`auto`: CUDA when available); a rank launched by torchrun on CUDA
+    gets its node-local GPU."""
+    device = _named_device(name)
+    if device.type == "cuda" and device.index is None and distributed.launched():
+        return distributed.local_cuda_device()
+    return device
+
+
+def _named_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -146,6 +162,9 @@ class Trainer:
         self.extra_config = extra_config or {}
         self.run_dir = Path(self.config.out) if self.config.out else None
         self.device = resolve_device(self.config.device)
+        distributed.start(self.device)
+        self.writes = distributed.is_writer()
+        """Only rank 0 writes the run directory; every rank reads it to resume."""
         self.check_every = 1 if self.device.type == "cpu" else 25
         """Steps between finiteness checks of the loss: each check waits for the device, so
         off the CPU it is sparse (a checkpoint checks everything since the last one)."""
@@ -158,6 +177,7 @@ class Trainer:
         self.auxiliary = model.auxiliary_steps()
         """Parts stepped by optimisers of their own after each step (a discriminator)."""
         self.auxiliary_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._compiled: Callable[[Any, int], Any] | None = None
 
     # ---------------------------------------------------------------- run directory
     def _config_sections(self) -> dict[str, Any]:
@@ -188,7 +208,7 @@ class Trainer:
 
         # The weights (and prior) that compressed files name.
         coded = getattr(getattr(self.model, "bottleneck", None), "has_rate", False)
-        keep_version(self.run_dir, entropy_coded=coded)
+        distributed.on_writer(lambda: keep_version(self.run_dir, entropy_coded=coded))
         saved, self.random_state = ckpt.load_checkpoint(
             path, self.model, optimizer, self.auxiliary_optimizers
         )
@@ -197,6 +217,8 @@ class Trainer:
             raise AekitError(f"{path}: the trainer state in its metadata is not aekit's")
         saved.setdefault("epoch_step", None)
         self.state = TrainerState(**saved)
+        if not self.writes:  # the epoch's sums so far are the global ones: rank 0 holds them
+            self.state.epoch_sums, self.state.epoch_seen = {}, 0
         self.checkpointed = (self.state.epoch, self.state.step)
         if (self.run_dir / ckpt.WEIGHTS).is_file() and self.state.best_epoch is not None:
             path = self.run_dir / ckpt.WEIGHTS
@@ -208,6 +230,14 @@ class Trainer:
             for r in read_jsonl(self.run_dir / ckpt.METRICS, ckpt.METRICS_FIELDS)
             if r["epoch"] <= self.state.epoch
         ]
+        distributed.on_writer(self._truncate_logs)
+        log.info(
+            "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
+        )
+
+    def _truncate_logs(self) -> None:
+        """The records after the checkpoint go: the resumed run writes them again."""
+        assert self.run_dir is not None
         atomic_write_jsonl(self.run_dir / ckpt.METRICS, self.history)
         if (self.run_dir / STEPS).is_file():
             kept = [
@@ -217,9 +247,6 @@ class Trainer:
             ]
             atomic_write_jsonl(self.run_dir / STEPS, kept)
         ckpt.write_config(self.run_dir, self._config_sections())
-        log.info(
-            "resuming %s after epoch %d (step %d)", self.run_dir, self.state.epoch, self.state.step
-        )
 
     def _model_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters the model's optimiser steps: all but its auxiliary parts'."""
@@ -237,11 +264,20 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> FitResult:
-        if self.run_dir is None:
-            return self._fit(resume)
-        with writer_lock(self.run_dir):
-            remove_temporaries(self.run_dir)
-            return self._fit(resume)
+        with training_precision(self.config.precision, self.device):
+            if self.run_dir is None or not self.writes:
+                return self._fit(resume)
+            with writer_lock(self.run_dir):
+                remove_temporaries(self.run_dir)
+                return self._fit(resume)
+
+    def steps_per_epoch(self, examples: int) -> int:
+        """Global batches per epoch. On ranks, a last batch of fewer rows than ranks is left
+        out (some rank would have no row of it); every rank takes the same steps."""
+        steps = math.ceil(examples / self.config.batch_size)
+        if 0 < examples % self.config.batch_size < distributed.world_size():
+            steps -= 1
+        return steps
 
     def _fit(self, resume: bool) -> FitResult:
         cfg = self.config
@@ -252,14 +288,20 @@ class Trainer:
             if self.val_data is not None and len(self.val_data)
             else None
         )
+        steps_per_epoch = self.steps_per_epoch(len(train))
+        ranks = distributed.world_size()
+        if cfg.batch_size < ranks or steps_per_epoch == 0:
+            raise AekitError(
+                f"{ranks} ranks need batches of at least {ranks} rows and as many training "
+                f"examples (batch size {cfg.batch_size}, {len(train)} examples)"
+            )
         optimizer = self._make_optimizer()
         model.see_training_data(train)
         if resume:
             self._resume(optimizer)
         elif self.run_dir is not None:
-            self._start_run_dir()
+            distributed.on_writer(self._start_run_dir)
 
-        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         done = self._position_in_epoch(steps_per_epoch)
         # Steps already taken (at whatever batch size) plus the steps still to come.
         total_steps = (
@@ -287,11 +329,15 @@ class Trainer:
                 done = 0
                 self._calibrate(epoch, train)
                 if val is not None:
-                    record["val"] = self.evaluator(
-                        model,
-                        val,
-                        batch_size=cfg.eval_batch_size,
-                        seed=derive_seed(cfg.seed, epoch, 2),
+                    # On rank 0, which sends the record to the others (they wait).
+                    record["val"] = distributed.on_writer(
+                        functools.partial(
+                            self.evaluator,
+                            model,
+                            val,
+                            batch_size=cfg.eval_batch_size,
+                            seed=derive_seed(cfg.seed, epoch, 2),
+                        )
                     )
                 stop = self._end_epoch(epoch, record, optimizer, writer)
                 if stop:
@@ -342,7 +388,7 @@ class Trainer:
             desc=f"epoch {epoch}/{cfg.epochs}",
             unit="step",
             leave=False,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.writes),
             dynamic_ncols=True,
         )
         # A checkpoint written mid-epoch resumes here: the epoch's batch order (and the
@@ -350,7 +396,9 @@ class Trainer:
         # trained on and dropping them continues it; the noise of the steps to come is the
         # random state saved with the checkpoint.
         bar.update(done)
-        batches = train.batches(cfg.batch_size, shuffle=True, generator=generator)
+        batches = itertools.islice(
+            train.batches(cfg.batch_size, shuffle=True, generator=generator), steps_per_epoch
+        )
         if done:
             for _ in itertools.islice(batches, done):
                 pass
@@ -362,16 +410,20 @@ class Trainer:
                 lr = learning_rate(self.state.step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = model.step_forward(batch, self.state.step)
-                if (i + 1) % self.check_every == 0 and not torch.isfinite(out.loss):
-                    self._diverged(epoch, out.terms)
-                optimizer.zero_grad(set_to_none=True)
-                model.backward(out)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
-                optimizer.step()
-                model.after_step()
-                terms = {**out.terms, **self._auxiliary_step(out)}
+                with distributed.sharded(batch.x.shape[0]) as shard:
+                    if shard is not None:
+                        batch = batch.rows(shard.start, shard.stop)
+                    out = self.forward(batch, self.state.step)
+                    optimizer.zero_grad(set_to_none=True)
+                    model.backward(out)
+                    loss = distributed.reduce_gradients(parameters, out.loss)
+                    if (i + 1) % self.check_every == 0 and not torch.isfinite(loss):
+                        self._diverged(epoch, out.terms)
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
+                    optimizer.step()
+                    model.after_step()
+                    terms = {**out.terms, **self._auxiliary_step(out)}
                 self.state.step += 1
                 n = batch.x.shape[0]
                 seen += n
@@ -380,13 +432,14 @@ class Trainer:
                 state.epoch_step = i + 1
                 if bar.disable is False and (i % 10 == 0 or i == steps_per_epoch - 1):
                     rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{out.loss.item():.4g}", ex_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{loss.item():.4g}", ex_s=f"{rate:.0f}")
                 bar.update(1)
                 if writer is not None and self.state.step % 50 == 0:
-                    writer.add_scalar("train_step/loss", out.loss.item(), self.state.step)
-                self._every_steps(epoch, terms, optimizer, sums, seen)
+                    writer.add_scalar("train_step/loss", loss.item(), self.state.step)
+                self._every_steps(epoch, terms, n, optimizer, sums, seen)
         seconds = time.perf_counter() - start
         state.epoch_step, state.epoch_sums, state.epoch_seen = 0, {}, 0
+        sums, seen = self._global_sums(sums, seen)
         means = {name: float(total) / seen for name, total in sums.items()} if seen else {}
         if not all(math.isfinite(v) for v in means.values()):
             self._diverged(epoch, means)
@@ -399,6 +452,29 @@ class Trainer:
             "examples_per_second": seen / max(seconds, 1e-9),
         }
 
+    @property
+    def forward(self) -> Callable[[Any, int], Any]:
+        """The model's training forward, compiled once with `compile`."""
+        if not self.config.compile:
+            return self.model.step_forward
+        if self._compiled is None:
+            import torch._inductor.config
+
+            # Compiled kernels would draw their own random numbers: the eager generator keeps
+            # a compiled run's noise (and so its weights) the uncompiled run's.
+            torch._inductor.config.fallback_random = True
+            self._compiled = torch.compile(self.model.step_forward)
+        return self._compiled
+
+    def _global_sums(self, sums: dict[str, Any], seen: int) -> tuple[dict[str, Any], int]:
+        """The epoch's running sums of the terms (and rows seen) over every rank."""
+        if distributed.world_size() == 1:
+            return sums, seen
+        names = sorted(sums)
+        local = torch.tensor([float(sums[k]) for k in names] + [float(seen)], dtype=torch.float64)
+        total = distributed.all_sum(local).tolist()
+        return dict(zip(names, total[:-1], strict=True)), int(total[-1])
+
     def _auxiliary_step(self, out: Any) -> dict[str, torch.Tensor]:
         """One step of each auxiliary part on the model's output of this step (its codes,
         detached by the part's loss); their terms join the model's."""
@@ -408,6 +484,7 @@ class Trainer:
             aux = step.loss(out)
             optimizer.zero_grad(set_to_none=True)
             aux.loss.backward()
+            distributed.reduce_gradients(step.parameters, aux.loss)
             optimizer.step()
             terms.update(aux.terms)
         return terms
@@ -425,6 +502,7 @@ class Trainer:
         self,
         epoch: int,
         terms: dict[str, torch.Tensor],
+        n: int,
         optimizer: torch.optim.Optimizer,
         sums: dict[str, Any],
         seen: int,
@@ -433,13 +511,16 @@ class Trainer:
         if self.run_dir is None:
             return
         if cfg.log_every and state.step % cfg.log_every == 0:
-            values = {name: float(value) for name, value in terms.items()}
-            append_jsonl(self.run_dir / STEPS, {"step": state.step, **values})
+            # The global batch's means: each rank's weighted by its rows.
+            totals, rows = self._global_sums({k: v * n for k, v in terms.items()}, n)
+            values = {name: float(total) / rows for name, total in totals.items()}
+            if self.writes:
+                append_jsonl(self.run_dir / STEPS, {"step": state.step, **values})
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             # Off the CPU finiteness is checked only every few steps: a NaN since then must
             # not replace the last good checkpoint. The epoch's sums hold every step's terms.
-            state.epoch_sums = {name: float(total) for name, total in sums.items()}
-            state.epoch_seen = seen
+            epoch_sums, state.epoch_seen = self._global_sums(sums, seen)
+            state.epoch_sums = {name: float(total) for name, total in epoch_sums.items()}
             if not all(math.isfinite(v) for v in state.epoch_sums.values()) or not all(
                 bool(torch.isfinite(p).all()) for p in self.model.parameters()
             ):
@@ -448,6 +529,9 @@ class Trainer:
 
     def _save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
         assert self.run_dir is not None
+        if not self.writes:
+            self.checkpointed = (self.state.epoch, self.state.step)
+            return
         self.state.batch_size = self.config.batch_size
         ckpt.save_checkpoint(
             self.run_dir / ckpt.LAST,
@@ -533,13 +617,14 @@ class Trainer:
                 state.epochs_without_improvement += 1
         record["best"] = improved
         self.history.append(record)
-        self._log_epoch(record)
+        if self.writes:
+            self._log_epoch(record)
         if writer is not None:
             for split in ("train", "val"):
                 for name, value in record.get(split, {}).items():
                     if isinstance(value, int | float):
                         writer.add_scalar(f"{split}/{name}", value, state.step)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             # Metrics first, then the checkpoint: a crash in between only repeats this epoch.
             append_jsonl(self.run_dir / ckpt.METRICS, record)
             if improved or "val" not in record:
@@ -566,7 +651,7 @@ class Trainer:
         log.info("  ".join(parts) + ("  *" if record["best"] else ""))
 
     def _tensorboard(self) -> Any:
-        if not self.config.tensorboard:
+        if not self.config.tensorboard or not self.writes:
             return None
         if self.run_dir is None:
             raise AekitError("TensorBoard logging needs a run directory (--out)")

@@ -1,0 +1,277 @@
+"""Data parallelism on torch.distributed, built so that N ranks train the run one process would.
+
+A run launched by `torchrun` has WORLD_SIZE > 1 in its environment; `start` joins the process
+group (gloo on CPU, nccl on CUDA). The Trainer then keeps three rules, and with them a
+distributed step equals a single-process step on the same global batch up to the order of
+floating-point sums (tests/test_distributed.py checks weights and losses):
+
+1. **One global batch.** Every rank draws the same batch order from (seed, epoch) and trains
+   on its contiguous slice of each global batch (`split`), sizes differing by at most one row;
+   every rank takes the same steps, so no collective waits on a rank that ran out of batches.
+2. **One random stream.** Every rank keeps the same torch random state; a draw with a row
+   axis (reparameterisation noise, corruption, masks) is made for the global batch and sliced
+   (`per_row`), so the rows of rank r get the noise a single process gives them.
+3. **Sums, not means.** A rank's per-example mean loss is weighted by its share of the rows
+   and the gradients summed (`reduce_gradients`); running statistics are sums over ranks
+   (`sum_`, `max_`, `min_`, `gather_rows`): VQ counts, sums, nearest vectors and k-means
+   initialisation, SAE firing, BatchTopK's selection and threshold, an FVU's batch variance.
+
+Collectives act only inside `sharded(...)`, which the Trainer enters around a training step;
+outside it (validation on rank 0, the end of a run, a single process) every helper here is the
+identity, so code shared with inference never waits for another rank.
+
+Objectives whose loss couples the rows of a batch in other ways (MMD and sliced Wasserstein
+matching, the minibatch estimates of total correlation, FactorVAE's permutation, free bits)
+compute that coupling over each rank's rows, as data-parallel training usually does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from aekit.errors import AekitError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's rows [start, stop) of a global batch of `total` rows."""
+
+    rank: int
+    world: int
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def fraction(self) -> float:
+        """The weight of this rank's mean in the global batch's mean."""
+        return self.rows / self.total
+
+
+_shard: Shard | None = None
+
+
+def launched() -> bool:
+    """Whether this process is one rank of several (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialised() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialised() else 1
+
+
+def is_writer() -> bool:
+    """Only rank 0 writes the run directory, its checkpoints and its report."""
+    return rank() == 0
+
+
+def local_cuda_device() -> torch.device:
+    """The GPU of this rank on its node (torchrun's LOCAL_RANK)."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start(device: torch.device) -> bool:
+    """Join the process group torchrun describes, once: nccl for CUDA, gloo otherwise (so a
+    distributed run is testable on any machine). False when this is a single process."""
+    if not launched():
+        return False
+    if initialised():
+        return True
+    if not dist.is_available():
+        raise AekitError("this torch build has no torch.distributed: it cannot train on ranks")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def stop() -> None:
+    if initialised():
+        dist.destroy_process_group()
+
+
+def split(total: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous rows of `total`: rank order is row order, sizes differ by at
+    most one, so a global batch's rows concatenated over ranks are the batch itself."""
+    return total * rank // world, total * (rank + 1) // world
+
+
+@contextlib.contextmanager
+def sharded(total: int) -> Iterator[Shard | None]:
+    """Within: this rank trains on its rows of a global batch of `total` rows, and the helpers
+    below reduce across ranks. A single process gets None and no collectives."""
+    global _shard
+    if world_size() == 1:
+        yield None
+        return
+    r, w = rank(), world_size()
+    outer, _shard = _shard, Shard(r, w, *split(total, r, w), total)
+    try:
+        yield _shard
+    finally:
+        _shard = outer
+
+
+@contextlib.contextmanager
+def unsharded() -> Iterator[None]:
+    """Within: no collectives, even inside a step (a computation every rank repeats alike)."""
+    global _shard
+    outer, _shard = _shard, None
+    try:
+        yield
+    finally:
+        _shard = outer
+
+
+def current() -> Shard | None:
+    return _shard
+
+
+def fraction() -> float:
+    return 1.0 if _shard is None else _shard.fraction
+
+
+def _reduced(t: torch.Tensor, op: Any) -> torch.Tensor:
+    if _shard is None:
+        return t
+    # gloo reduces no bool tensors; sums of 0/1 decide `any`.
+    out = t.detach().to(torch.int32 if t.dtype == torch.bool else t.dtype).clone()
+    dist.all_reduce(out, op=op)
+    return out.bool() if t.dtype == torch.bool else out
+
+
+def sum_(t: torch.Tensor) -> torch.Tensor:
+    """t summed over ranks (a copy; t itself when not sharded)."""
+    return _reduced(t, dist.ReduceOp.SUM)
+
+
+def max_(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks; for a bool tensor, `any`."""
+    return _reduced(t, dist.ReduceOp.MAX)
+
+
+def min_(t: torch.Tensor) -> torch.Tensor:
+    return _reduced(t, dist.ReduceOp.MIN)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """t summed over ranks outside a step too (the Trainer's running sums of an epoch)."""
+    if not initialised():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def stacked(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's t (the same shape on each), stacked in rank order: (world, *t.shape)."""
+    if _shard is None:
+        return t.unsqueeze(0)
+    parts = [torch.empty_like(t) for _ in range(_shard.world)]
+    dist.all_gather(parts, t.detach().contiguous())
+    return torch.stack(parts)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of t concatenated in rank order (row counts may differ): on the
+    slices of a global batch, the global batch's rows."""
+    if _shard is None:
+        return t
+    counts = stacked(torch.tensor([t.shape[0]], device=t.device)).flatten().tolist()
+    padded = t.new_zeros(max(counts), *t.shape[1:])
+    padded[: t.shape[0]] = t.detach()
+    parts = stacked(padded)
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
+
+
+def per_row(draw: Callable[[Sequence[int]], torch.Tensor], shape: Sequence[int], dim: int = 0):
+    """A random draw of `shape` whose axis `dim` runs over this rank's rows of the batch: drawn
+    for the global batch and sliced, so every row gets the noise a single process gives it and
+    every rank's random state stays the same. A plain draw when not sharded, or when the axis
+    is not the batch's (a draw per vector of a grid latent is made by the bodies' own shapes)."""
+    s = _shard
+    if s is None or shape[dim] != s.rows:
+        return draw(shape)
+    full = list(shape)
+    full[dim] = s.total
+    return draw(full).narrow(dim, s.start, s.rows)
+
+
+def reduce_gradients(parameters: Sequence[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of each rank's gradients weighted by its share of the global batch (the
+    gradient of the global batch's mean loss), in one all-reduce that also carries the loss;
+    returns the global loss. A parameter no rank gave a gradient keeps none, as in one process
+    (the optimiser skips it)."""
+    if _shard is None:
+        return loss.detach()
+    w = _shard.fraction
+    grads = [p.grad for p in parameters]
+    device = loss.device
+    flags = torch.tensor([g is not None for g in grads], dtype=torch.float32, device=device)
+    flat = torch.cat(
+        [
+            *((g.detach() * w).flatten() if g is not None else p.new_zeros(p.numel())
+              for p, g in zip(parameters, grads, strict=True)),
+            flags,
+            (loss.detach().float() * w).reshape(1),
+        ]
+    )  # fmt: skip
+    dist.all_reduce(flat)
+    offset = 0
+    for p, had in zip(parameters, flat[-1 - len(grads) : -1].tolist(), strict=True):
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if had else None
+        offset += n
+    return flat[-1]
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank (a run directory's name, a validation record)."""
+    if not initialised():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_writer(action: Callable[[], Any]) -> Any:
+    """`action` run on rank 0 only; its result, or the AekitError it raised, reaches every
+    rank, so a refusal (a run directory in use) stops all of them instead of leaving the others
+    waiting in a collective."""
+    if not initialised():
+        return action()
+    result, error = None, None
+    if is_writer():
+        try:
+            result = action()
+        except AekitError as e:
+            error = str(e)
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise AekitError(error)
+    return result
+
+
+def barrier() -> None:
+    if initialised():
+        dist.barrier()
