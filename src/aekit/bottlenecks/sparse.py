@@ -157,7 +157,7 @@ class SparseBottleneck(Bottleneck):
             fired = (z != 0).any(0)
         # Counted over every rank's rows: each rank keeps the same counters.
         fired = distributed.max_(fired)
-        rows = int(distributed.sum_(torch.tensor(rows)))
+        rows = int(distributed.sum_(torch.tensor(rows, device=fired.device)))
         self.tokens_since_fired.add_(rows).masked_fill_(fired, 0)
         return self.tokens_since_fired >= self.options.dead_tokens
 

@@ -471,8 +471,10 @@ class Trainer:
         if distributed.world_size() == 1:
             return sums, seen
         names = sorted(sums)
-        local = torch.tensor([float(sums[k]) for k in names] + [float(seen)], dtype=torch.float64)
-        total = distributed.all_sum(local).tolist()
+        local = [float(sums[k]) for k in names] + [float(seen)]
+        # On the device: nccl reduces no CPU tensors.
+        total = distributed.all_sum(torch.tensor(local, dtype=torch.float64, device=self.device))
+        total = total.tolist()
         return dict(zip(names, total[:-1], strict=True)), int(total[-1])
 
     def _auxiliary_step(self, out: Any) -> dict[str, torch.Tensor]:
