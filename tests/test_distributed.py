@@ -20,8 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
+import aekit
 import distributed_cases as cases
 from aekit import distributed
+from aekit.errors import AekitError
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 CASES = ("vae", "vqvae", "sae_topk", "sae_batchtopk", "vae_short", "vae-writer", "vae-first")
@@ -143,7 +145,8 @@ def test_torchrun_runs_the_command_line(tmp_path):
 
 
 def test_a_group_of_saes_from_a_store_trains_alike_on_two_ranks(tmp_path):
-    """The command line, activations streamed from a store, one SAE per site on one pass."""
+    """The command line, activations streamed from a store, one SAE per site on one pass:
+    every rank on a slice of each batch, or (--place-sites) each rank its own site's SAE."""
     from aekit.cli import main
     from sae_fixtures import write_synthetic_store
 
@@ -151,17 +154,21 @@ def test_a_group_of_saes_from_a_store_trains_alike_on_two_ranks(tmp_path):
     flags = ["train", "sae-topk", "--activations", str(tmp_path / "store"), "--site", "a,b",
              "--k", "4", "--expansion", "2", "--epochs", "1", "--batch-size", "64",
              "--val-rows", "64", "--no-splice", "--no-report", "--no-eval", "--quiet"]  # fmt: skip
-    done = torchrun("-m", "aekit", *flags, "--out", "ranks", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for out, placed in (("ranks", []), ("placed", ["--place-sites"])):
+        done = torchrun("-m", "aekit", *flags, *placed, "--out", out, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert main([*flags, "--out", str(tmp_path / "single")]) == 0
     finally:
         torch.set_num_threads(threads)
-    ranks = load_file(tmp_path / "ranks" / "model.safetensors")
     single = load_file(tmp_path / "single" / "model.safetensors")
+    ranks = load_file(tmp_path / "ranks" / "model.safetensors")
     assert largest_difference(ranks, single) < TOLERANCE
+    # Sites placed on ranks: each member's gradient is its one rank's, plus exact zeros.
+    placed = load_file(tmp_path / "placed" / "model.safetensors")
+    assert largest_difference(placed, single) == 0
 
 
 def test_batches_smaller_than_the_ranks_are_refused_in_one_line(tmp_path):
@@ -182,6 +189,21 @@ def test_rows_split_in_rank_order_and_sizes_differ_by_at_most_one():
             assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
             sizes = [stop - start for start, stop in bounds]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_sites_are_placed_on_ranks_round_robin(monkeypatch):
+    from aekit.models.group import GroupMember, ModelGroup
+
+    models = {n: aekit.build("sae-topk", (8,), latent_dim=16, k=2) for n in "abc"}
+    group = ModelGroup(models, [GroupMember(n, n) for n in "abc"])
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert [group.owner(n) for n in "abc"] == [0, 1, 0]
+    group.place_on_ranks()
+    assert group.trained_here == {"b"}
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    with pytest.raises(AekitError, match="4 ranks cannot each train sites of a group of 3"):
+        group.place_on_ranks()
 
 
 def test_helpers_are_the_identity_in_one_process():

@@ -217,14 +217,17 @@ def per_row(draw: Callable[[Sequence[int]], torch.Tensor], shape: Sequence[int],
     return draw(full).narrow(dim, s.start, s.rows)
 
 
-def reduce_gradients(parameters: Sequence[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks of each rank's gradients weighted by its share of the global batch (the
-    gradient of the global batch's mean loss), in one all-reduce that also carries the loss;
+def reduce_gradients(
+    parameters: Sequence[torch.nn.Parameter], loss: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """Sum over ranks of each rank's gradients times `weight` (its share of the global batch,
+    which makes the sum the gradient of the global batch's mean loss; 1 where ranks train
+    disjoint parameters on whole batches), in one all-reduce that also carries the loss;
     returns the global loss. A parameter no rank gave a gradient keeps none, as in one process
     (the optimiser skips it)."""
-    if _shard is None:
+    if not initialised():
         return loss.detach()
-    w = _shard.fraction
+    w = weight
     grads = [p.grad for p in parameters]
     device = loss.device
     flags = torch.tensor([g is not None for g in grads], dtype=torch.float32, device=device)
@@ -270,6 +273,26 @@ def on_writer(action: Callable[[], Any]) -> Any:
     if error is not None:
         raise AekitError(error)
     return result
+
+
+def broadcast_tensor(t: torch.Tensor, src: int) -> None:
+    """t on every rank overwritten, in place, by rank `src`'s."""
+    if initialised():
+        if t.dtype == torch.bool:  # gloo broadcasts no bool tensors
+            carrier = t.to(torch.uint8)
+            dist.broadcast(carrier, src=src)
+            t.copy_(carrier.bool())
+        else:
+            dist.broadcast(t, src=src)
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's value, in rank order."""
+    if not initialised():
+        return [value]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def barrier() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aekit import distributed
 from aekit.components import AuxiliaryStep
 from aekit.data.activations.source import pick
 from aekit.data.tensor_data import Batch
@@ -85,6 +86,9 @@ class ModelGroup(nn.Module):
             check_member_name(name)
         self.models = nn.ModuleDict(models)
         self.members = list(members)
+        self.trained_here: set[str] | None = None
+        """With sites placed on ranks (`place_sites`), the members this rank trains; the
+        others' gradients and statistics come from their ranks. None: every member."""
         self.config = GroupConfig(
             [
                 {
@@ -135,10 +139,41 @@ class ModelGroup(nn.Module):
             for step in model.auxiliary_steps()
         ]
 
+    def owner(self, name: str) -> int:
+        """The rank that trains member `name` when sites are placed on ranks: round robin."""
+        return [m.name for m in self.members].index(name) % distributed.world_size()
+
+    def place_on_ranks(self) -> None:
+        """From now on this rank trains only its members (`owner`), on whole batches."""
+        if distributed.world_size() > len(self.members):
+            raise AekitError(
+                f"{distributed.world_size()} ranks cannot each train sites of a group of "
+                f"{len(self.members)}: use as many ranks as sites at most, or no --place-sites"
+            )
+        if self.auxiliary_steps():
+            raise AekitError("members with auxiliary optimisers cannot be placed on ranks")
+        self.trained_here = {
+            m.name for m in self.members if self.owner(m.name) == distributed.rank()
+        }
+
+    def share_statistics(self) -> None:
+        """Each member's buffers (firing counters, thresholds) as its rank computed them."""
+        if self.trained_here is None:
+            return
+        for m in self.members:
+            for buffer in self.models[m.name].buffers():
+                distributed.broadcast_tensor(buffer, self.owner(m.name))
+
     def step_forward(self, batch: Batch, step: int) -> GroupOutput:
+        for m in self.members:  # the initialisation of another rank's member, made alike
+            model = self.models[m.name]
+            if self.trained_here is not None and not model.is_initialised():
+                part = pick(batch, m.site, m.target_site)
+                model.initialise(part.x, part.y if model.paired else None)
         outs = {
             m.name: self.models[m.name].step_forward(pick(batch, m.site, m.target_site), step)
             for m in self.members
+            if self.trained_here is None or m.name in self.trained_here
         }
         loss = sum(out.loss for out in outs.values())
         terms = {f"{name}/{k}": v for name, out in outs.items() for k, v in out.terms.items()}
@@ -152,6 +187,7 @@ class ModelGroup(nn.Module):
             self.models[name].backward(member_out)
 
     def after_step(self) -> None:
+        self.share_statistics()
         for model in self.models.values():
             model.after_step()
 

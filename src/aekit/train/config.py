@@ -41,6 +41,9 @@ class TrainConfig(SavedConfig):
     bfloat16; losses, KL and likelihood sums stay float32): see `aekit/precision.py`."""
     compile: bool = False
     """torch.compile the training step's forward (the first steps pay for compiling)."""
+    place_sites: bool = False
+    """On several ranks, a group of models (`--site A,B,...`): each rank trains the members of
+    its sites on whole batches (round robin), instead of a slice of every batch for all."""
     eval_batch_size: int = 1000
     """Examples per batch in validation and evaluation."""
     nll_k: int = 100

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,8 @@ class Trainer:
         """Parts stepped by optimisers of their own after each step (a discriminator)."""
         self.auxiliary_optimizers: dict[str, torch.optim.Optimizer] = {}
         self._compiled: Callable[[Any, int], Any] | None = None
+        self.placed = False
+        """Whether ranks train disjoint members of a group on whole batches (place_sites)."""
 
     # ---------------------------------------------------------------- run directory
     def _config_sections(self) -> dict[str, Any]:
@@ -295,6 +298,11 @@ class Trainer:
                 f"{ranks} ranks need batches of at least {ranks} rows and as many training "
                 f"examples (batch size {cfg.batch_size}, {len(train)} examples)"
             )
+        self.placed = cfg.place_sites and ranks > 1
+        if self.placed:
+            if not hasattr(model, "place_on_ranks"):
+                raise AekitError("--place-sites places the members of a group (--site A,B,...)")
+            model.place_on_ranks()
         optimizer = self._make_optimizer()
         model.see_training_data(train)
         if resume:
@@ -410,13 +418,16 @@ class Trainer:
                 lr = learning_rate(self.state.step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with distributed.sharded(batch.x.shape[0]) as shard:
+                # Placed sites: each rank its own members on whole batches, nothing sliced.
+                sharding = nullcontext() if self.placed else distributed.sharded(batch.x.shape[0])
+                with sharding as shard:
                     if shard is not None:
                         batch = batch.rows(shard.start, shard.stop)
                     out = self.forward(batch, self.state.step)
                     optimizer.zero_grad(set_to_none=True)
                     model.backward(out)
-                    loss = distributed.reduce_gradients(parameters, out.loss)
+                    weight = 1.0 if self.placed else distributed.fraction()
+                    loss = distributed.reduce_gradients(parameters, out.loss, weight)
                     if (i + 1) % self.check_every == 0 and not torch.isfinite(loss):
                         self._diverged(epoch, out.terms)
                     if cfg.grad_clip > 0:
@@ -467,15 +478,19 @@ class Trainer:
         return self._compiled
 
     def _global_sums(self, sums: dict[str, Any], seen: int) -> tuple[dict[str, Any], int]:
-        """The epoch's running sums of the terms (and rows seen) over every rank."""
+        """The epoch's running sums of the terms (and rows seen) over every rank. With placed
+        sites each rank has its members' terms of whole batches: the rows are not summed."""
         if distributed.world_size() == 1:
             return sums, seen
         names = sorted(sums)
-        local = [float(sums[k]) for k in names] + [float(seen)]
+        if self.placed:
+            names = sorted(set().union(*distributed.all_gather_object(names)))
+        local = [float(sums.get(k, 0.0)) for k in names] + [float(seen)]
         # On the device: nccl reduces no CPU tensors.
         total = distributed.all_sum(torch.tensor(local, dtype=torch.float64, device=self.device))
         total = total.tolist()
-        return dict(zip(names, total[:-1], strict=True)), int(total[-1])
+        rows = seen if self.placed else int(total[-1])
+        return dict(zip(names, total[:-1], strict=True)), rows
 
     def _auxiliary_step(self, out: Any) -> dict[str, torch.Tensor]:
         """One step of each auxiliary part on the model's output of this step (its codes,
@@ -486,7 +501,7 @@ class Trainer:
             aux = step.loss(out)
             optimizer.zero_grad(set_to_none=True)
             aux.loss.backward()
-            distributed.reduce_gradients(step.parameters, aux.loss)
+            distributed.reduce_gradients(step.parameters, aux.loss, distributed.fraction())
             optimizer.step()
             terms.update(aux.terms)
         return terms
