@@ -153,8 +153,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     for case in sys.argv[2:]:
         run(out, case)
-    distributed.barrier()  # both ranks done before either leaves the group
-    distributed.stop()
+    distributed.stop(together=True)
 
 
 if __name__ == "__main__":

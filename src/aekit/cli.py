@@ -575,8 +575,15 @@ def resume(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return finish(trainer, trainer.fit(resume=True), splits, args)
 
 
+def end_of_training() -> bool:
+    """After a distributed fit the ranks part; True on the one that evaluates and reports."""
+    writer = distributed.is_writer()
+    distributed.stop(together=True)
+    return writer
+
+
 def finish(trainer: Trainer, result: Any, splits: Any, args: argparse.Namespace) -> int:
-    if not distributed.is_writer():  # rank 0 evaluates and reports
+    if not end_of_training():
         return 0
     run = Path(trainer.config.out)
     model = trainer.model
@@ -612,7 +619,7 @@ def finish_on_activations(
     eval.json, a group's members' in theirs; the report with the feature browser."""
     from aekit.data.activations.models import load_source_model
 
-    if not distributed.is_writer():  # rank 0 evaluates and reports
+    if not end_of_training():
         return 0
     run = Path(result.run_dir)
     group = model.run_kind == "group"

@@ -105,8 +105,12 @@ def start(device: torch.device) -> bool:
     return True
 
 
-def stop() -> None:
+def stop(*, together: bool = False) -> None:
+    """Leave the process group; `together`: once every rank got here (gloo's threads may abort
+    a process that leaves while a peer still talks to it). An error path leaves alone."""
     if initialised():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -293,8 +297,3 @@ def all_gather_object(value: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, value)
     return out
-
-
-def barrier() -> None:
-    if initialised():
-        dist.barrier()
