@@ -211,8 +211,8 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 def per_row(draw: Callable[[Sequence[int]], torch.Tensor], shape: Sequence[int], dim: int = 0):
     """A random draw of `shape` whose axis `dim` runs over this rank's rows of the batch: drawn
     for the global batch and sliced, so every row gets the noise a single process gives it and
-    every rank's random state stays the same. A plain draw when not sharded, or when the axis
-    is not the batch's (a draw per vector of a grid latent is made by the bodies' own shapes)."""
+    every rank's random state stays the same. A plain draw when not sharded, or when that axis
+    does not hold this rank's row count (it is then not the batch's: samples x rows flattened)."""
     s = _shard
     if s is None or shape[dim] != s.rows:
         return draw(shape)
@@ -231,16 +231,15 @@ def reduce_gradients(
     (the optimiser skips it)."""
     if not initialised():
         return loss.detach()
-    w = weight
     grads = [p.grad for p in parameters]
     device = loss.device
     flags = torch.tensor([g is not None for g in grads], dtype=torch.float32, device=device)
     flat = torch.cat(
         [
-            *((g.detach() * w).flatten() if g is not None else p.new_zeros(p.numel())
+            *((g.detach() * weight).flatten() if g is not None else p.new_zeros(p.numel())
               for p, g in zip(parameters, grads, strict=True)),
             flags,
-            (loss.detach().float() * w).reshape(1),
+            (loss.detach().float() * weight).reshape(1),
         ]
     )  # fmt: skip
     dist.all_reduce(flat)
