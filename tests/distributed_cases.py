@@ -22,6 +22,8 @@ from aekit.train import TrainConfig, Trainer
 TINY_NET = {"channels": (4, 8), "hidden": (16,)}
 EXAMPLES = 37
 """With batches of 8 the last batch has 5 rows: 3 on rank 0, 2 on rank 1."""
+VAL = 17
+"""Validated in batches of 16: 8 rows a rank, then 1 row that rank 0 alone counts."""
 
 
 def images(n: int = EXAMPLES, seed: int = 0) -> torch.Tensor:
@@ -38,7 +40,7 @@ def activations(n: int = 64, d: int = 16, seed: int = 0) -> torch.Tensor:
 
 def vae():
     torch.manual_seed(0)
-    return aekit.build("vae", (1, 8, 8), latent_dim=3, **TINY_NET), images(), images(16, 1)
+    return aekit.build("vae", (1, 8, 8), latent_dim=3, **TINY_NET), images(), images(VAL, 1)
 
 
 def vqvae():
@@ -47,19 +49,20 @@ def vqvae():
     model = aekit.build(
         "vqvae-ema", (1, 8, 8), codebook_size=16, code_dim=4, kmeans_init=2, **TINY_NET
     )
-    return model, images(), None
+    return model, images(), images(VAL, 1)
 
 
 def sae_topk():
     # Few enough rows per latent that latents die and AuxK trains them.
     torch.manual_seed(0)
     model = aekit.build("sae-topk", (16,), latent_dim=64, k=4, dead_tokens=24)
-    return model, activations(), None
+    return model, activations(), activations(VAL, seed=1)
 
 
 def sae_batchtopk():
     torch.manual_seed(0)
-    return aekit.build("sae-batchtopk", (16,), latent_dim=64, k=4), activations(), None
+    model = aekit.build("sae-batchtopk", (16,), latent_dim=64, k=4)
+    return model, activations(), activations(VAL, seed=1)
 
 
 def vae_short():

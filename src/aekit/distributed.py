@@ -16,8 +16,10 @@ floating-point sums (tests/test_distributed.py checks weights and losses):
    (`sum_`, `max_`, `min_`, `gather_rows`): VQ counts, sums, nearest vectors and k-means
    initialisation, SAE firing, BatchTopK's selection and threshold, an FVU's batch variance.
 
-Collectives act only inside `sharded(...)`, which the Trainer enters around a training step;
-outside it (validation on rank 0, the end of a run, a single process) every helper here is the
+Collectives act only inside `sharded(...)`, which the Trainer enters around a training step,
+and `evaluating()`, around validation (each rank evaluates its slice of every batch and the
+evaluators' sums are reduced: `evaluation_batches`, `evaluation_sums`, `evaluation_moments`).
+Outside them (the end of a run on rank 0, a single process) every helper here is the
 identity, so code shared with inference never waits for another rank.
 
 Objectives whose loss couples the rows of a batch in other ways (MMD and sliced Wasserstein
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,7 @@ class Shard:
 
 
 _shard: Shard | None = None
+_evaluating = False
 
 
 def launched() -> bool:
@@ -147,6 +150,93 @@ def unsharded() -> Iterator[None]:
         _shard = outer
 
 
+@contextlib.contextmanager
+def evaluating() -> Iterator[None]:
+    """Within, on every rank: an evaluation split across the ranks (`evaluation_batches`,
+    `evaluation_sum`) whose record every rank gets; outside it evaluation is local."""
+    global _evaluating
+    outer, _evaluating = _evaluating, world_size() > 1
+    try:
+        yield
+    finally:
+        _evaluating = outer
+
+
+def evaluation_batches(batches: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(batch, counted) for each batch: within `evaluating`, this rank's slice of it (sharded,
+    as in training, so noise and batch statistics are the single process's); a batch of fewer
+    rows than ranks is evaluated whole on every rank (their random states stay alike) and
+    counted on rank 0 only. Outside, every batch, counted."""
+    if not _evaluating:
+        for batch in batches:
+            yield batch, True
+        return
+    for batch in batches:
+        n = batch.x.shape[0]
+        if n < world_size():
+            yield batch, is_writer()
+            continue
+        with sharded(n) as shard:
+            yield batch.rows(shard.start, shard.stop), True
+
+
+def evaluation_sum(t: Any) -> Any:
+    """A tensor or number summed over the ranks of an evaluation (itself outside one)."""
+    if not _evaluating:
+        return t
+    if isinstance(t, torch.Tensor):
+        return all_sum(t)
+    return all_sum(torch.tensor(float(t), dtype=torch.float64, device=_device())).item()
+
+
+def evaluation_sums(sums: dict[str, Any]) -> dict[str, float]:
+    """Named running sums (tensors or numbers) summed over the ranks of an evaluation, in one
+    all-reduce; a name only some ranks have counts 0 on the others."""
+    if not _evaluating:
+        return {name: float(total) for name, total in sums.items()}
+    names = sorted(set().union(*all_gather_object(sorted(sums))))
+    local = torch.tensor(
+        [float(sums.get(name, 0.0)) for name in names], dtype=torch.float64, device=_device()
+    )
+    return dict(zip(names, all_sum(local).tolist(), strict=True))
+
+
+def splitting_evaluation() -> bool:
+    """Whether an evaluation is split across ranks now (`evaluating`)."""
+    return _evaluating
+
+
+def evaluation_moments(
+    n: int, mean: torch.Tensor | None, m2: torch.Tensor, width: int
+) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    """Row count, mean (width,) and summed squared deviation of every rank's rows of an
+    evaluation (None mean: no rows here), combined by Chan et al.'s pairwise formula."""
+    if not _evaluating:
+        return n, mean, m2
+    mean = m2.new_zeros(width) if mean is None else mean
+    parts = stacked_all(torch.cat([m2.new_tensor([float(n)]), mean, m2.reshape(1)]))
+    counts, overall, total = combine_moments(parts[:, 0], parts[:, 1:-1], parts[:, -1])
+    rows = int(counts)
+    return rows, (overall if rows else None), total
+
+
+def combine_moments(
+    counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Groups' counts (G,), means (G, d) and sums of squared deviations (G,) -> the whole's
+    (Chan, Golub & LeVeque 1979)."""
+    n = counts.sum()
+    overall = (counts[:, None] * means).sum(0) / n.clamp_min(1)
+    return n, overall, m2s.sum() + (counts * (means - overall).pow(2).sum(1)).sum()
+
+
+def _device() -> torch.device:
+    """Where this rank's collectives run: its GPU under nccl, else the CPU."""
+    if initialised() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def current() -> Shard | None:
     return _shard
 
@@ -191,7 +281,14 @@ def stacked(t: torch.Tensor) -> torch.Tensor:
     """Every rank's t (the same shape on each), stacked in rank order: (world, *t.shape)."""
     if _shard is None:
         return t.unsqueeze(0)
-    parts = [torch.empty_like(t) for _ in range(_shard.world)]
+    return stacked_all(t)
+
+
+def stacked_all(t: torch.Tensor) -> torch.Tensor:
+    """`stacked` outside a step too."""
+    if not initialised():
+        return t.unsqueeze(0)
+    parts = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(parts, t.detach().contiguous())
     return torch.stack(parts)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from aekit import distributed
 from aekit.bottlenecks.base import BottleneckOutput
 from aekit.data.tensor_data import TensorData
 from aekit.errors import AekitError
@@ -81,6 +82,19 @@ class CodeCounter:
         |h - z_q|^2 per example (h: the encoder output it kept)."""
         error = (b.params["features"] - b.code).detach().pow(2).sum(1)
         self.update(b.params["indices"], error)
+
+    def merge_ranks(self) -> None:
+        """Within a distributed evaluation: every rank's counts, errors and examples summed."""
+        if not distributed.splitting_evaluation():
+            return
+        self.counts = [distributed.evaluation_sum(c) for c in self.counts]
+        totals = distributed.evaluation_sums(
+            {"examples": self.examples, "errors": int(self.error is not None),
+             "error": 0.0 if self.error is None else float(self.error)}
+        )  # fmt: skip
+        self.examples = int(totals["examples"])
+        device = self.counts[0].device
+        self.error = torch.tensor(totals["error"], device=device) if totals["errors"] else None
 
     def update(self, indices: torch.Tensor, quantization_error: torch.Tensor | None = None) -> None:
         """Count indices (B, positions, slots) (int, each within its slot's codebook) and add

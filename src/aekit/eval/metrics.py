@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from aekit import distributed
 from aekit.bottlenecks.quantizer import Quantizer
 from aekit.data.activations.source import SiteView
 from aekit.data.protocol import DataSource
@@ -66,13 +67,17 @@ def evaluate(
     devices = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
     model.eval()
+    if detailed and distributed.splitting_evaluation():
+        raise AekitError("a detailed evaluation runs on one rank")
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for batch in data.batches(batch_size):
+            for batch, counted in distributed.evaluation_batches(data.batches(batch_size)):
                 x = model.batch_to_model(batch.x)
                 c = batch.y if model.conditional else None
                 out = model(x, step=None, corrupt=False, condition=c)
+                if not counted:  # another rank's (see evaluation_batches)
+                    continue
                 n = x.shape[0]
                 for name, value in out.terms.items():
                     sums[name] = sums.get(name, 0.0) + value.to(device) * n
@@ -93,6 +98,10 @@ def evaluate(
                         denoise_err += (denoised - x).pow(2).sum()
     finally:
         model.train(was_training)
+    sums = distributed.evaluation_sums(sums)
+    sq_err = distributed.evaluation_sum(sq_err)
+    if counter is not None:
+        counter.merge_ranks()
     n = len(data)
     dims = math.prod(model.input_shape)
     results: dict[str, Any] = {name: float(total) / n for name, total in sums.items()}
@@ -143,15 +152,19 @@ def mean_terms(model: Autoencoder, data: DataSource, batch_size: int) -> dict[st
     sums: dict[str, float] = {}
     n = 0
     device = model.device
-    for batch in data.batches(batch_size):
+    for batch, counted in distributed.evaluation_batches(data.batches(batch_size)):
         x = model.batch_to_model(batch.x)
         target = batch.y.to(device) if model.paired else None
         condition = batch.y if model.conditional else None
         out = model(x, step=None, corrupt=False, condition=condition, target=target)
+        if not counted:
+            continue
         rows = x.shape[0]
         for name, value in out.terms.items():
             sums[name] = sums.get(name, 0.0) + float(value) * rows
         n += rows
+    sums = distributed.evaluation_sums({**sums, "": n})
+    n = int(sums.pop(""))
     return {name: total / max(n, 1) for name, total in sums.items()}
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aekit import distributed
 from aekit.errors import AekitError
 
 HISTOGRAM_BINS_PER_DECADE = 4
@@ -156,10 +157,12 @@ def sae_metrics(
     sums = torch.zeros(5, dtype=acc, device=device)  # l0, sq. error, cosine, |x̂|², x̂·t
     mean = None  # running mean of the targets (Chan et al.'s pairwise update with `m2`)
     m2 = torch.zeros((), dtype=acc, device=device)
-    n = 0
+    n = width = 0
     model.eval()
     try:
-        for batch in data.batches(batch_size):
+        if max_rows is not None and distributed.splitting_evaluation():
+            raise AekitError("max_rows counts one rank's rows: evaluate on one rank")
+        for batch, counted in distributed.evaluation_batches(data.batches(batch_size)):
             if max_rows is not None and n >= max_rows:
                 break
             x = batch.x.to(device, dtype)
@@ -167,6 +170,9 @@ def sae_metrics(
             if max_rows is not None and n + len(x) > max_rows:
                 x, t = x[: max_rows - n], t[: max_rows - n]
             values, indices = sparse_code(model, x)
+            width = t[0].numel()
+            if not counted:  # another rank's (see evaluation_batches)
+                continue
             x_hat = reconstruct(model, x, values, indices)
             if x_hat.shape != t.shape:
                 raise AekitError(
@@ -197,6 +203,9 @@ def sae_metrics(
             n += b
     finally:
         model.train(was_training)
+    fired, sums = distributed.evaluation_sum(fired), distributed.evaluation_sum(sums)
+    if width:
+        n, mean, m2 = distributed.evaluation_moments(n, mean, m2, width)
     if n == 0:
         raise AekitError("no rows to evaluate: the data is empty")
     l0, sq_err, cos, xhat_sq, xhat_dot = sums.tolist()
@@ -210,7 +219,7 @@ def sae_metrics(
         "l0": l0 / n,
         "fvu": fvu,
         "explained_variance": 1.0 - fvu,
-        "mse": sq_err / (n * t[0].numel()),
+        "mse": sq_err / (n * width),
         "cosine": cos / n,
         "relative_reconstruction_bias": xhat_sq / xhat_dot if xhat_dot != 0 else math.nan,
         "density": density.tolist(),

@@ -69,9 +69,7 @@ def batch_variance(t: torch.Tensor) -> torch.Tensor:
     mean = t.mean(0)
     m2 = (t - mean).pow(2).sum().reshape(1)
     parts = distributed.stacked(torch.cat([n, mean, m2]))  # (ranks, 1 + d + 1)
-    counts, means, m2s = parts[:, 0], parts[:, 1:-1], parts[:, -1]
-    overall = (counts[:, None] * means).sum(0) / counts.sum()
-    total = m2s.sum() + (counts * (means - overall).pow(2).sum(1)).sum()
+    _, _, total = distributed.combine_moments(parts[:, 0], parts[:, 1:-1], parts[:, -1])
     return (total * distributed.fraction()).clamp_min(tiny)
 
 

@@ -10,13 +10,13 @@ continues exactly as an uninterrupted one would.
 
 Launched by `torchrun`, the same loop trains data-parallel: each rank trains on its slice of
 every global batch, gradients and running statistics are summed over ranks, so the run is the
-single process's (`aekit/distributed.py` says how); rank 0 alone validates and writes.
+single process's (`aekit/distributed.py` says how); validation is split alike, and rank 0
+alone writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
 import math
@@ -337,16 +337,15 @@ class Trainer:
                 done = 0
                 self._calibrate(epoch, train)
                 if val is not None:
-                    # On rank 0, which sends the record to the others (they wait).
-                    record["val"] = distributed.on_writer(
-                        functools.partial(
-                            self.evaluator,
+                    # Split across the ranks; rank 0's record decides for all.
+                    with distributed.evaluating():
+                        record["val"] = self.evaluator(
                             model,
                             val,
                             batch_size=cfg.eval_batch_size,
                             seed=derive_seed(cfg.seed, epoch, 2),
                         )
-                    )
+                    record["val"] = distributed.broadcast(record["val"])
                 stop = self._end_epoch(epoch, record, optimizer, writer)
                 if stop:
                     stopped_early = True
