@@ -341,7 +341,11 @@ def reduce_gradients(
     )  # fmt: skip
     dist.all_reduce(flat)
     offset = 0
-    for p, had in zip(parameters, flat[-1 - len(grads) : -1].tolist(), strict=True):
+    # Whether any rank had a gradient needs reading back (a device sync) only when this rank
+    # lacks one: otherwise every parameter has one.
+    local = [g is not None for g in grads]
+    had_any = local if all(local) else flat[-1 - len(grads) : -1].tolist()
+    for p, had in zip(parameters, had_any, strict=True):
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if had else None
         offset += n
