@@ -4,10 +4,9 @@
 bf16 covers only the bodies, the encoder's and decoder's layers where the FLOPs are (and a
 sparse bottleneck's selection, which reads the encoder's product): their outputs return to
 float32 before the bottleneck's statistics, the objective's KL and log-likelihood sums and the
-loss, which bfloat16's 8 bits of mantissa would round (a sum over 784 pixels in bfloat16 is
-off by about a nat). Weights, gradients and optimiser state stay float32, so no loss scaling
-is needed. CPU autocast exists too: bf16 trains on a CPU (slowly on CPUs without bf16
-instructions) and is tested there.
+loss, which bfloat16's 8-bit mantissa (a relative step of 2^-8) would round. Weights,
+gradients and optimiser state stay float32, so no loss scaling is needed. CPU autocast
+exists too, so bf16 trains, and is tested, on a CPU.
 """
 
 from __future__ import annotations
