@@ -155,9 +155,9 @@ class SparseBottleneck(Bottleneck):
             fired = counts.index_add_(0, pattern.col, (values != 0).to(counts.dtype)) > 0
         else:
             fired = (z != 0).any(0)
-        # Counted over every rank's rows: each rank keeps the same counters.
-        fired = distributed.max_(fired)
-        rows = int(distributed.sum_(torch.tensor(rows, device=fired.device)))
+        if distributed.current() is not None:  # every rank's rows: the same counters on each
+            fired = distributed.max_(fired)
+            rows = distributed.sum_(torch.tensor(rows, device=fired.device))  # no host sync
         self.tokens_since_fired.add_(rows).masked_fill_(fired, 0)
         return self.tokens_since_fired >= self.options.dead_tokens
 

@@ -527,9 +527,11 @@ class Trainer:
         if self.run_dir is None:
             return
         if cfg.log_every and state.step % cfg.log_every == 0:
-            # The global batch's means: each rank's weighted by its rows.
-            totals, rows = self._global_sums({k: v * n for k, v in terms.items()}, n)
-            values = {name: float(total) / rows for name, total in totals.items()}
+            if distributed.world_size() == 1:
+                values = {name: float(value) for name, value in terms.items()}
+            else:  # the global batch's means: each rank's weighted by its rows
+                totals, rows = self._global_sums({k: v * n for k, v in terms.items()}, n)
+                values = {name: float(total) / rows for name, total in totals.items()}
             if self.writes:
                 append_jsonl(self.run_dir / STEPS, {"step": state.step, **values})
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
