@@ -67,7 +67,7 @@ class GaussianNoise(Corruption):
     Options = GaussianNoiseOptions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = distributed.per_row(lambda s: torch.randn(s, device=x.device, dtype=x.dtype), x.shape)
+        eps = distributed.randn_rows(x.shape, device=x.device, dtype=x.dtype)
         return x + self.options.noise * eps
 
 

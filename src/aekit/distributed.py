@@ -318,6 +318,20 @@ def per_row(draw: Callable[[Sequence[int]], torch.Tensor], shape: Sequence[int],
     return draw(full).narrow(dim, s.start, s.rows)
 
 
+def randn_rows(
+    shape: Sequence[int], *, device: torch.device, dtype: torch.dtype | None = None, dim: int = 0
+) -> torch.Tensor:
+    """Standard normal noise of `shape`, axis `dim` the batch's rows (`per_row`)."""
+    return per_row(lambda s: torch.randn(s, device=device, dtype=dtype), shape, dim)
+
+
+def rand_rows(
+    shape: Sequence[int], *, device: torch.device, dtype: torch.dtype | None = None, dim: int = 0
+) -> torch.Tensor:
+    """Uniform [0, 1) noise of `shape`, axis `dim` the batch's rows (`per_row`)."""
+    return per_row(lambda s: torch.rand(s, device=device, dtype=dtype), shape, dim)
+
+
 def reduce_gradients(
     parameters: Sequence[torch.nn.Parameter], loss: torch.Tensor, weight: float
 ) -> torch.Tensor:

@@ -80,9 +80,7 @@ class Masked:
             if n == patches:  # nothing hidden: every patch, in order
                 self.keep = torch.arange(patches, device=self.x.device).expand(b, -1)
             else:
-                noise = distributed.per_row(
-                    lambda s: torch.rand(s, device=self.x.device), (b, patches)
-                )
+                noise = distributed.rand_rows((b, patches), device=self.x.device)
                 self.keep = noise.argsort(1)[:, :n]
         elif self.keep.dim() != 2 or self.keep.shape[0] != self.x.shape[0]:
             raise AekitError(

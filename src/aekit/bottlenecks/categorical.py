@@ -67,9 +67,7 @@ class CategoricalOptions:
 
 def gumbel_noise(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise of `shape` (samples, B, ...)."""
-    u = distributed.per_row(
-        lambda s: torch.rand(s, device=like.device, dtype=like.dtype), shape, dim=1
-    )
+    u = distributed.rand_rows(shape, device=like.device, dtype=like.dtype, dim=1)
     tiny = torch.finfo(like.dtype).tiny
     return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
 

@@ -41,11 +41,7 @@ def reparameterise(
 
     The sample stays differentiable in (mu, sigma); log q is written through eps, which is
     both cheaper and exact: (z - mu) / sigma = eps."""
-    eps = distributed.per_row(
-        lambda shape: torch.randn(shape, device=mu.device, dtype=mu.dtype),
-        (samples, *mu.shape),
-        dim=1,
-    )
+    eps = distributed.randn_rows((samples, *mu.shape), device=mu.device, dtype=mu.dtype, dim=1)
     z = mu + (0.5 * logvar).exp() * eps
     log_q = -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)
     return z, log_q

@@ -73,9 +73,7 @@ class Hierarchical(Bottleneck):
         mu1, logvar1 = split_gaussian(h)
         z1, log_q1 = reparameterise(mu1, logvar1, samples)  # (S, B, D1)
         mu2, logvar2 = split_gaussian(self.up(z1))
-        eps2 = distributed.per_row(
-            lambda s: torch.randn(s, device=mu2.device, dtype=mu2.dtype), mu2.shape, dim=1
-        )
+        eps2 = distributed.randn_rows(mu2.shape, device=mu2.device, dtype=mu2.dtype, dim=1)
         z2 = mu2 + (0.5 * logvar2).exp() * eps2  # one z2 per z1 draw
         log_q2 = diagonal_normal_log_prob(z2, mu2, logvar2)
         prior_mu, prior_logvar = split_gaussian(self.prior_net(z2))

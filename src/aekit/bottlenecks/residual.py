@@ -83,8 +83,7 @@ class ResidualVQ(Quantizer):
         depth = distributed.per_row(
             lambda s: torch.randint(1, o.stages + 1, s, device=device), (examples,)
         )
-        dropped = distributed.per_row(lambda s: torch.rand(s, device=device), (examples,))
-        dropped = dropped < o.quantizer_dropout
+        dropped = distributed.rand_rows((examples,), device=device) < o.quantizer_dropout
         depth = torch.where(dropped, depth, torch.full_like(depth, o.stages))
         keep = (torch.arange(o.stages, device=device) < depth.unsqueeze(1)).float()
         return keep.repeat_interleave(self.positions, 0)

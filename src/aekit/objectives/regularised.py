@@ -49,9 +49,7 @@ def decoder_gradient_penalty(f: ForwardPass) -> torch.Tensor | None:
         )
     if not (torch.is_grad_enabled() and z.requires_grad):
         return None
-    v = distributed.per_row(
-        lambda s: torch.randn(s, device=f.params.device, dtype=f.params.dtype), f.params.shape
-    )
+    v = distributed.randn_rows(f.params.shape, device=f.params.device, dtype=f.params.dtype)
     (jtv,) = torch.autograd.grad((f.params * v).sum(), z, create_graph=True)
     return jtv.pow(2).sum(1).mean()
 

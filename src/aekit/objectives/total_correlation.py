@@ -167,7 +167,7 @@ def permute_dims(z: torch.Tensor) -> torch.Tensor:
     draws of the product of the marginals, with every marginal kept exactly."""
     b, d = z.shape
     # Each rank permutes its own rows; the draw keeps the ranks' random states alike.
-    noise = distributed.per_row(lambda s: torch.rand(s, device=z.device), (b, d))
+    noise = distributed.rand_rows((b, d), device=z.device)
     order = torch.argsort(noise, dim=0)
     return torch.gather(z, 0, order)
 
