@@ -13,8 +13,9 @@ CPU, and the test suite runs it so):
    2 d n (the dense encoder product) + 8 k d (the sparse decode, its backward to the values
    and the decoder rows, and the encoder rows' gradient through the k kept latents): the
    work the step must do, not what a dense implementation spends.
-2. EleutherAI sparsify's SparseCoder on the same batches, with the same optimiser and lr,
-   stepped as its own trainer does (benchmarks/gpu_peers.py), in bf16 as sparsify trains.
+2. EleutherAI sparsify's SparseCoder on the same batches, with the same optimiser and lr
+   (`sae_learning_rate`), stepped as its own trainer does (benchmarks/gpu_peers.py), in the
+   bf16 autocast sparsify trains in.
 3. The bf16 SAE fed from an activation store on disk (float16 shards of the same rows)
    through pinned memory, against the resident run.
 4. Fashion-MNIST-shaped conv VAE and VQ-VAE (28 x 28, aekit's default bodies): images/s of
@@ -30,7 +31,6 @@ the device's name, torch's version and every figure; a markdown table goes to st
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -44,6 +44,7 @@ import torch
 import aekit
 from aekit.data.activations.store import ActivationStore, StoreView, StoreWriter
 from aekit.data.tensor_data import TensorData
+from aekit.registry import sae_learning_rate
 from aekit.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,9 +81,10 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def mfu(tokens_per_second: float, flops: float, device: torch.device, precision: str):
+    """The model FLOP utilisation against the device's dense peak (None off a known GPU)."""
+    peak = peak_tflops(device, precision)
+    return None if peak is None else tokens_per_second * flops / (peak * 1e12)
 
 
 def synthetic_activations(rows: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -108,7 +110,7 @@ def train_sae(data: Any, size: dict, device: torch.device, precision: str, compi
     config = TrainConfig(
         epochs=size["epochs"],
         batch_size=size["batch"],
-        lr=1e-4,
+        lr=sae_learning_rate(size["latents"]),
         device=str(device),
         precision=precision,
         compile=compile,
@@ -136,29 +138,16 @@ def sae_section(size: dict, device: torch.device, tiny: bool) -> dict[str, Any]:
             runs[name] = {"skipped": "torch.compile takes minutes on a CPU (tested in the suite)"}
             continue
         _, run = train_sae(resident, size, device, precision, compile)
-        peak = peak_tflops(device, precision)
-        run["mfu"] = None if peak is None else run["tokens_per_second"] * flops / (peak * 1e12)
-        runs[name] = run
+        runs[name] = run | {"mfu": mfu(run["tokens_per_second"], flops, device, precision)}
     batches = [x[i : i + size["batch"]].to(device) for i in range(0, rows, size["batch"])]
     try:
         peer = gpu_peers.sparsify_topk(
-            batches,
-            size["d"],
-            size["latents"],
-            size["k"],
-            precision="bf16",
-            device=device,
-            lr=1e-4,
+            batches, size["d"], size["latents"], size["k"], device=device,
             repeats=size["epochs"] - 1,
-        )
-        peer["mfu"] = (
-            None
-            if peak_tflops(device, "bf16") is None
-            else peer["tokens_per_second"] * flops / (peak_tflops(device, "bf16") * 1e12)
-        )
-        runs["sparsify bf16"] = peer
+        )  # fmt: skip
+        runs["sparsify"] = peer | {"mfu": mfu(peer["tokens_per_second"], flops, device, "bf16")}
     except gpu_peers.PeerMissing as e:
-        runs["sparsify bf16"] = {"skipped": str(e)}
+        runs["sparsify"] = {"skipped": str(e)}
     runs["store bf16"] = store_fed(x, size, device)
     return {"size": size, "flops_per_token": flops, "runs": runs}
 
@@ -187,39 +176,39 @@ def image_section(args: argparse.Namespace, device: torch.device, tiny: bool) ->
         splits = load_data(DataConfig(source="fashion-mnist", root=args.data_root))
         images, source = splits.train.x[: spec["n"]], "Fashion-MNIST train images"
     out: dict[str, Any] = {"images": source, **spec}
+    steps, batch = spec["steps"], spec["batch"]
+    # One epoch of aekit's is `steps` batches, as many as Pythae's timed steps.
+    rows = steps * batch
+    data = TensorData(images.repeat(math.ceil(rows / len(images)), 1, 1, 1)[:rows]).to(device)
     for recipe, kind in (("vae", "vae"), ("vqvae-ema", "vqvae")):
         torch.manual_seed(0)
         model = aekit.build(recipe, (1, 28, 28))
-        peer_model = copy.deepcopy(model)
-        steps = spec["steps"]
-        epochs_rows = steps * spec["batch"]
-        data = TensorData(
-            images.repeat(math.ceil(epochs_rows / len(images)), 1, 1, 1)[:epochs_rows]
-        )
-        config = TrainConfig(epochs=2, batch_size=spec["batch"], device=str(device), progress=False)
-        result = Trainer(model, data.to(device), None, config).fit()
-        ours = result.history[-1]["examples_per_second"]
-        row: dict[str, Any] = {"aekit_images_per_second": ours}
-        try:
-            code_shape = None
-            if kind == "vqvae":
-                o = peer_model.bottleneck.options
-                code_shape = (o.code_dim, 7, 7)
-            peer = gpu_peers.pythae_images_per_second(
+        code_shape = None
+        if kind == "vqvae":
+            depth = model.bottleneck.options.code_dim
+            side = math.isqrt(model.latent_dim // depth)
+            code_shape = (depth, side, side)
+        row: dict[str, Any] = {}
+        try:  # first, on copies of the untrained bodies
+            row["pythae"] = gpu_peers.pythae_images_per_second(
                 kind,
-                peer_model.encoder,
-                peer_model.decoder,
-                peer_model.latent_dim,
+                model.encoder,
+                model.decoder,
+                model.latent_dim,
                 images.to(device),
-                batch_size=spec["batch"],
+                batch_size=batch,
                 steps=steps,
                 device=device,
                 code_shape=code_shape,
-                codebook_size=getattr(peer_model.bottleneck.options, "codebook_size", 512),
+                codebook_size=getattr(model.bottleneck.options, "codebook_size", 512),
             )
-            row |= {"pythae": peer, "ratio": ours / peer["images_per_second"]}
         except gpu_peers.PeerMissing as e:
             row["pythae"] = {"skipped": str(e)}
+        config = TrainConfig(epochs=2, batch_size=batch, device=str(device), progress=False)
+        result = Trainer(model, data, None, config).fit()
+        row["aekit_images_per_second"] = result.history[-1]["examples_per_second"]
+        if "images_per_second" in row["pythae"]:
+            row["ratio"] = row["aekit_images_per_second"] / row["pythae"]["images_per_second"]
         out[kind] = row
     return out
 
@@ -230,7 +219,7 @@ def goals(sae: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
         (r for name, r in runs.items() if name.startswith("bf16") and "tokens_per_second" in r),
         key=lambda r: r["tokens_per_second"],
     )
-    peer = runs.get("sparsify bf16", {})
+    peer = runs.get("sparsify", {})
     met: dict[str, Any] = {}
     if "tokens_per_second" in peer:
         met["vs_sparsify_tokens_per_second"] = best["tokens_per_second"] / peer["tokens_per_second"]

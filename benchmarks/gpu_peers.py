@@ -13,11 +13,11 @@ not importable. Both work on the CPU at toy sizes: `python benchmarks/gpu_peers.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib
 import importlib.metadata
 import time
-import types
 
 import torch
 from torch import nn
@@ -51,91 +51,37 @@ def sparsify_topk(
     latents: int,
     k: int,
     *,
-    precision: str,
     device: torch.device,
-    lr: float,
     repeats: int = 1,
-    auxk_alpha: float = 1 / 32,
-    dead_feature_threshold: int = 10_000_000,
 ) -> dict:
-    """Train sparsify's SparseCoder(d, num_latents=latents, k=k) on `batches` as sparsify's
-    Trainer steps it (sparsify/trainer.py, `fit` and its hook, loss "fvu", one micro-batch,
-    no gradient accumulation), and time it.
+    """Train sparsify's SparseCoder(d, num_latents=latents, k=k) on `batches` (resident on
+    `device`, float32) the way sparsify's Trainer steps it, with the project's one mirror of
+    that step (`sae_minilm.SparsifyStep`: b_dec from the first batch, decoder rows renormalised
+    before each forward, fvu + AuxK/32 + multi-TopK/8, the decoder gradient's parallel part
+    removed, the firing counters, a host read of each step's FVU) and Adam at aekit's
+    `sae_learning_rate(latents)`, constant. As its Trainer does, float32 matmuls may use TF32
+    and, on CUDA, SparseCoder's own bfloat16 autocast runs the forward (on a CPU it is
+    float32). One pass over the batches is warm-up, then `repeats` passes are timed. Returns
+    tokens_per_second, fvu (the mean per-batch FVU of the last pass), peer and version."""
+    _, version = _peer("sparsify", "eai-sparsify")
+    from sae_minilm import NO_DEAD, SparsifyStep
 
-    Mirrored from that trainer, per batch: on the very first batch b_dec is set to the batch
-    mean; the decoder rows are renormalised to unit norm before every forward; the loss is
-    fvu + auxk_alpha * auxk (+ multi-TopK FVU / 8, zero here), its FVU denominator the
-    batch's total variance computed outside the forward as the trainer does; the decoder
-    gradient's component parallel to the rows is removed before the step; then step,
-    zero_grad, and the tokens-since-fired counters that make the AuxK dead mask (the default
-    alpha 1/32 and threshold of 10M tokens are aekit sae-topk's; sparsify's own alpha default
-    is 0, i.e. no AuxK). Like the trainer it reads each step's FVU to the host (a sync per
-    step), and with auxk_alpha > 0 SparseCoder counts the dead latents on the host too.
-    Its encoder is sparsify's FusedEncoder (a custom autograd function of plain torch ops:
-    dense linear + ReLU + topk forward, index_add backward, so the same on CPU and GPU); its
-    decoder is the Triton embedding-bag kernel where Triton imports, else torch's
-    embedding_bag ('decoder' in the result says which).
-
-    Not mirrored: its optimiser (signum by default; its Adam adds a 1,000-step warm-up and a
-    linear decay, or bitsandbytes' 8-bit Adam when installed). Here: fused Adam at a constant
-    `lr`, as aekit trains.
-
-    precision: 'bf16' is how sparsify trains: TF32 matmuls (the trainer sets float32 matmul
-    precision 'high') and SparseCoder.forward under its bfloat16 autocast (hard-wired on
-    CUDA; added here on the CPU). 'tf32' and 'fp32' run the same forward without that
-    autocast, with matmul precision 'high' and 'highest'; the setting is restored after.
-
-    One pass over the batches is warm-up, then `repeats` passes are timed. Returns
-    tokens_per_second, fvu (the mean per-batch FVU of the last pass), peer and version.
-    """
-    sparsify, version = _peer("sparsify", "eai-sparsify")
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"precision must be fp32, tf32 or bf16 (got {precision!r})")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1 (got {repeats})")
-    torch.manual_seed(0)  # the trainer seeds each coder with its init seed, 0 by default
-    coder = sparsify.SparseCoder(
-        d, sparsify.SparseCoderConfig(num_latents=latents, k=k), device, dtype=torch.float32
-    )
-    if precision != "bf16":  # bypass the bf16 autocast that decorates SparseCoder.forward
-        coder.forward = types.MethodType(sparsify.SparseCoder.forward.__wrapped__, coder)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    opt = fastest_adam(torch.optim.Adam, coder.parameters(), lr=lr)
-    since_fired = torch.zeros(latents, dtype=torch.long, device=device)
-    did_fire = torch.zeros(latents, dtype=torch.bool, device=device)
-    first = True
-
-    def step(x: torch.Tensor) -> float:
-        nonlocal first
-        if first:  # the trainer's global step 0
-            coder.b_dec.data = x.mean(0).to(coder.dtype)
-            first = False
-        coder.set_decoder_norm_to_unit_norm()
-        dead = since_fired > dead_feature_threshold if auxk_alpha > 0 else None
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        with autocast:
-            out = coder(x=x, y=x, dead_mask=dead, total_variance=total_variance)
-        did_fire[out.latent_indices.flatten()] = True
-        fvu = float(out.fvu.detach())
-        (out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8).backward()
-        coder.remove_gradient_parallel_to_decoder_directions()
-        opt.step()
-        opt.zero_grad()
-        with torch.no_grad():
-            since_fired.add_(x.shape[0])
-            since_fired[did_fire] = 0
-            did_fire.zero_()
-        return fvu
-
+    args = argparse.Namespace(seed=0, k=k, expansion=None, dead_tokens=NO_DEAD)
+    runner = SparsifyStep(d, args, "adam", device=device, latents=latents)
     before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
+    torch.set_float32_matmul_precision("high")  # sparsify's Trainer.fit sets it
     try:
         for x in batches:  # warm-up pass, not timed
-            step(x)
+            runner.step(x)
         _sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            fvus = [step(x) for x in batches]
+            fvus = []
+            for x in batches:
+                runner.step(x)
+                fvus.append(runner.last["fvu"])
         _sync(device)
         seconds = time.perf_counter() - start
     finally:
@@ -146,8 +92,7 @@ def sparsify_topk(
         "fvu": sum(fvus) / len(fvus),
         "peer": "sparsify",
         "version": version,
-        "precision": precision,
-        "decoder": sparsify.utils.decoder_impl.__name__,
+        "lr": runner.lr,
     }
 
 
@@ -265,8 +210,7 @@ if __name__ == "__main__":
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     batches = [torch.randn(64, 32) for _ in range(4)]
-    for precision in ("fp32", "bf16"):
-        print(sparsify_topk(batches, 32, 256, 4, precision=precision, device=cpu, lr=1e-3))
+    print(sparsify_topk(batches, 32, 256, 4, device=cpu))
     images = torch.rand(64, 1, 28, 28)
     for recipe, kind in (("vae", "vae"), ("vqvae-ema", "vqvae")):
         model = aekit.build(recipe, (1, 28, 28))

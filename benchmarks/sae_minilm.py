@@ -172,19 +172,26 @@ class SparsifyAsAekit(nn.Module):
 
 class SparsifyStep:
     """sparsify Trainer's per-step work on the FVU loss (sparsify/trainer.py, `fit` and its
-    hook, grad_acc_steps = micro_acc_steps = 1), for one SparseCoder fed given batches."""
+    hook, grad_acc_steps = micro_acc_steps = 1), for one SparseCoder fed given batches: of
+    `args.expansion` x d_in latents, or `latents` when given, on `device` (on CUDA its forward
+    runs in the bfloat16 autocast SparseCoder carries, as sparsify trains)."""
 
     def __init__(
-        self, d_in: int, args: argparse.Namespace, optimiser: str, dead_tokens: int | None = None
+        self,
+        d_in: int,
+        args: argparse.Namespace,
+        optimiser: str,
+        dead_tokens: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        latents: int | None = None,
     ) -> None:
         from sparsify import SparseCoder, SparseCoderConfig
 
         torch.manual_seed(args.seed)
+        size = {"num_latents": latents} if latents else {"expansion_factor": args.expansion}
         self.coder = SparseCoder(
-            d_in,
-            SparseCoderConfig(expansion_factor=args.expansion, k=args.k),
-            device="cpu",
-            dtype=torch.float32,
+            d_in, SparseCoderConfig(**size, k=args.k), device=device, dtype=torch.float32
         )
         n = self.coder.num_latents
         self.optimiser = optimiser
@@ -207,7 +214,7 @@ class SparsifyStep:
         else:
             raise ValueError(optimiser)
         self.dead_tokens = args.dead_tokens if dead_tokens is None else dead_tokens
-        self.since_fired = torch.zeros(n, dtype=torch.long)
+        self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.step_count = 0
         self.last: dict[str, float] = {}
 
@@ -217,7 +224,9 @@ class SparsifyStep:
             coder.b_dec.data = x.mean(0).to(coder.dtype)
         coder.set_decoder_norm_to_unit_norm()
         dead_mask = self.since_fired > self.dead_tokens if AUX_ALPHA > 0 else None
-        out = coder(x=x, y=x, dead_mask=dead_mask)
+        # The trainer computes the FVU's denominator outside the (autocast) forward.
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        out = coder(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
         loss = out.fvu + AUX_ALPHA * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
         coder.remove_gradient_parallel_to_decoder_directions()
