@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 import aekit
 from aekit import distributed
 from aekit.train import TrainConfig, Trainer
+from conftest import TINY_NET  # this folder is on the path of the script and of pytest
 
-TINY_NET = {"channels": (4, 8), "hidden": (16,)}
 EXAMPLES = 37
 """With batches of 8 the last batch has 5 rows: 3 on rank 0, 2 on rank 1."""
 VAL = 17

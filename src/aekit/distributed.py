@@ -140,17 +140,6 @@ def sharded(total: int) -> Iterator[Shard | None]:
 
 
 @contextlib.contextmanager
-def unsharded() -> Iterator[None]:
-    """Within: no collectives, even inside a step (a computation every rank repeats alike)."""
-    global _shard
-    outer, _shard = _shard, None
-    try:
-        yield
-    finally:
-        _shard = outer
-
-
-@contextlib.contextmanager
 def evaluating() -> Iterator[None]:
     """Within, on every rank: an evaluation split across the ranks (`evaluation_batches`,
     `evaluation_sum`) whose record every rank gets; outside it evaluation is local."""
@@ -180,13 +169,9 @@ def evaluation_batches(batches: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
             yield batch.rows(shard.start, shard.stop), True
 
 
-def evaluation_sum(t: Any) -> Any:
-    """A tensor or number summed over the ranks of an evaluation (itself outside one)."""
-    if not _evaluating:
-        return t
-    if isinstance(t, torch.Tensor):
-        return all_sum(t)
-    return all_sum(torch.tensor(float(t), dtype=torch.float64, device=_device())).item()
+def evaluation_sum(t: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over the ranks of an evaluation (itself outside one)."""
+    return all_sum(t) if _evaluating else t
 
 
 def evaluation_sums(sums: dict[str, Any]) -> dict[str, float]:
