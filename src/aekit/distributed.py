@@ -378,15 +378,20 @@ def on_writer(action: Callable[[], Any]) -> Any:
     return result
 
 
-def broadcast_tensor(t: torch.Tensor, src: int) -> None:
-    """t on every rank overwritten, in place, by rank `src`'s."""
-    if initialised():
-        if t.dtype == torch.bool:  # gloo broadcasts no bool tensors
-            carrier = t.to(torch.uint8)
-            dist.broadcast(carrier, src=src)
-            t.copy_(carrier.bool())
-        else:
-            dist.broadcast(t, src=src)
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int) -> None:
+    """Every tensor overwritten, in place, by rank `src`'s: one broadcast per dtype (gloo
+    broadcasts no bool tensors, which travel as bytes)."""
+    if not initialised():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for dtype, group in by_dtype.items():
+        carrier = torch.cat([t.reshape(-1) for t in group])
+        carrier = carrier.to(torch.uint8) if dtype == torch.bool else carrier
+        dist.broadcast(carrier, src=src)
+        for t, part in zip(group, carrier.split([t.numel() for t in group]), strict=True):
+            t.copy_(part.view_as(t))
 
 
 def all_gather_object(value: Any) -> list[Any]:

@@ -161,8 +161,7 @@ class ModelGroup(nn.Module):
         if self.trained_here is None:
             return
         for m in self.members:
-            for buffer in self.models[m.name].buffers():
-                distributed.broadcast_tensor(buffer, self.owner(m.name))
+            distributed.broadcast_tensors(list(self.models[m.name].buffers()), self.owner(m.name))
 
     def step_forward(self, batch: Batch, step: int) -> GroupOutput:
         for m in self.members:  # the initialisation of another rank's member, made alike
