@@ -180,10 +180,8 @@ def evaluation_sums(sums: dict[str, Any]) -> dict[str, float]:
     if not _evaluating:
         return {name: float(total) for name, total in sums.items()}
     names = sorted(set().union(*all_gather_object(sorted(sums))))
-    local = torch.tensor(
-        [float(sums.get(name, 0.0)) for name in names], dtype=torch.float64, device=_device()
-    )
-    return dict(zip(names, all_sum(local).tolist(), strict=True))
+    totals = sum_numbers([float(sums.get(name, 0.0)) for name in names])
+    return dict(zip(names, totals, strict=True))
 
 
 def splitting_evaluation() -> bool:
@@ -251,6 +249,14 @@ def max_(t: torch.Tensor) -> torch.Tensor:
 
 def min_(t: torch.Tensor) -> torch.Tensor:
     return _reduced(t, dist.ReduceOp.MIN)
+
+
+def sum_numbers(values: Sequence[float]) -> list[float]:
+    """Numbers summed over ranks in one all-reduce, in float64 (on the GPU under nccl, which
+    reduces no CPU tensors)."""
+    if not initialised():
+        return list(values)
+    return all_sum(torch.tensor(values, dtype=torch.float64, device=_device())).tolist()
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -484,10 +484,7 @@ class Trainer:
         names = sorted(sums)
         if self.placed:
             names = sorted(set().union(*distributed.all_gather_object(names)))
-        local = [float(sums.get(k, 0.0)) for k in names] + [float(seen)]
-        # On the device: nccl reduces no CPU tensors.
-        total = distributed.all_sum(torch.tensor(local, dtype=torch.float64, device=self.device))
-        total = total.tolist()
+        total = distributed.sum_numbers([float(sums.get(k, 0.0)) for k in names] + [float(seen)])
         rows = seen if self.placed else int(total[-1])
         return dict(zip(names, total[:-1], strict=True)), rows
 
